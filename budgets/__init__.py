@@ -1,0 +1,1 @@
+"""Privacy budgets: exact cost value objects and the ledger that charges them."""

@@ -1,0 +1,1 @@
+"""Everything with I/O: settings, composition root, auth, QueryService, warehouses, noise, audit, REST, CLI."""

@@ -1,0 +1,152 @@
+"""The composition root: the only place that builds concrete classes and wires them together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from budgets.ledger import ReconcileReport, SqlLedger
+from gateway.anomaly import AnomalyDetector, AnomalyRules
+from gateway.audit import AuditLog
+from gateway.control_db import make_control_engine, migrate
+from gateway.logs import log_query_record
+from gateway.metrics import Metrics
+from gateway.policy_loader import LoadedPolicy, load_policy
+from gateway.principals import PrincipalStore
+from gateway.results import ResultStore
+from gateway.service import QueryService
+from gateway.settings import Settings, load_secrets
+from gateway.warehouse import DuckDBWarehouse
+from rewriter.catalog import build_catalog
+
+log = logging.getLogger("privgate.composition")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    policy: LoadedPolicy
+    warehouse: DuckDBWarehouse
+    ledger: SqlLedger
+    audit: AuditLog
+    principals: PrincipalStore
+    queries: QueryService
+    metrics: Metrics
+    anomaly: AnomalyDetector
+    #: The control database, for readiness checks.
+    control: Engine
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.warehouse.close()
+
+    def reconcile(self) -> ReconcileReport:
+        """Settle reservations left unfinished by a crash (see ``budgets.ledger.reconcile``)."""
+        report = self.ledger.reconcile(older_than_s=self.settings.resolved_reconcile_grace_s)
+        if report.refunded or report.committed:
+            log.warning(
+                "reconciled stale reservations: %d refunded, %d committed",
+                report.refunded,
+                report.committed,
+            )
+        return report
+
+    def start_reconciler(self) -> None:
+        """Reconcile now and then every ``reconcile_interval_s`` in a daemon thread."""
+        self.reconcile()
+
+        def loop() -> None:
+            while not self._stop.wait(self.settings.reconcile_interval_s):
+                try:
+                    self.reconcile()
+                except Exception:
+                    log.exception("reconcile failed")
+
+        threading.Thread(target=loop, name="privgate-reconciler", daemon=True).start()
+
+    def reload_policy(self) -> LoadedPolicy:
+        """Re-read the policy file and swap it in atomically; on any error the old one stays.
+
+        Raises:
+            PolicyFileError: the file is unreadable or invalid.
+            CatalogMismatch: the policy names tables or columns the warehouse lacks.
+        """
+        loaded = load_policy(self.settings.resolved_policy_path)
+        catalog = build_catalog(loaded.policy, self.warehouse.columns())
+        for name, p in loaded.policy.principals.items():
+            self.principals.upsert_principal(name, role=p.role, datasets=p.datasets)
+        self.queries.swap_policy(catalog, loaded.version)
+        self.policy = loaded
+        return loaded
+
+
+def build_control(settings: Settings) -> tuple[SqlLedger, AuditLog, PrincipalStore]:
+    """The control-plane stores alone (for CLI commands that need no warehouse)."""
+    secrets = load_secrets(settings)
+    engine = make_control_engine(settings.resolved_control_db_url)
+    ledger = SqlLedger(engine)
+    audit = AuditLog(
+        engine,
+        mac_key=secrets["audit_key"],
+        old_keys=settings.resolved_audit_old_keys,
+        checkpoint_every=settings.audit_checkpoint_every,
+        checkpoint_dir=settings.audit_checkpoint_dir,
+    )
+    principals = PrincipalStore(engine, pepper=secrets["key_pepper"])
+    migrate(engine)
+    audit.create_schema()  # the genesis head is sealed with the MAC key: not a migration's job
+    return ledger, audit, principals
+
+
+def build_services(settings: Settings) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    policy = load_policy(settings.resolved_policy_path)
+    warehouse = DuckDBWarehouse(
+        settings.resolved_warehouse_path,
+        timeout_s=settings.statement_timeout_s,
+        threads=settings.warehouse_threads,
+    )
+    catalog = build_catalog(policy.policy, warehouse.columns())
+    ledger, audit, principals = build_control(settings)
+    for name, p in policy.policy.principals.items():
+        principals.upsert_principal(name, role=p.role, datasets=p.datasets)
+    control = make_control_engine(settings.resolved_control_db_url)
+    results = ResultStore(control)
+    metrics = Metrics(
+        accounts=ledger.list_accounts,
+        quarantined=lambda: len(principals.list_quarantined()),
+    )
+    anomaly = AnomalyDetector(
+        AnomalyRules.from_settings(settings),
+        audit=audit,
+        quarantine=lambda name, reason: principals.quarantine(name, reason=reason),
+        on_alert=metrics.alert,
+    )
+    queries = QueryService(
+        catalog=catalog,
+        warehouse=warehouse,
+        ledger=ledger,
+        audit=audit,
+        results=results,
+        salt=load_secrets(settings)["bounding_salt"],
+        policy_version=policy.version,
+        # Metrics first (cheap, in memory), then the rules (may write an alert), then the log line.
+        listeners=(metrics, anomaly, log_query_record),
+        quarantined=principals.is_quarantined,
+    )
+    return Services(
+        settings,
+        policy,
+        warehouse,
+        ledger,
+        audit,
+        principals,
+        queries,
+        metrics=metrics,
+        anomaly=anomaly,
+        control=control,
+    )

@@ -1,0 +1,105 @@
+"""The control database engine: ledger, principals, keys and audit live here.
+
+SQLite (the default, a file next to the demo warehouse) and PostgreSQL (several gateway replicas) are
+supported. On SQLite every transaction starts with ``BEGIN IMMEDIATE`` so that a read-then-write
+transaction (the ledger's conditional update, the audit chain's append) takes the write lock up front
+instead of failing with "database is locked" half-way; writers queue on ``busy_timeout``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, create_engine, event, inspect
+from sqlalchemy.pool import NullPool
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def make_control_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
+    """Create the control-plane engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://``).
+
+    >>> make_control_engine("sqlite://").dialect.name
+    'sqlite'
+    """
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+            # One connection per checkout: SQLite connections are cheap and this keeps
+            # transactions of different threads apart.
+            poolclass=NullPool if url not in ("sqlite://", "sqlite:///:memory:") else None,
+        )
+        _sqlite_immediate_transactions(engine, busy_timeout_ms)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_immediate_transactions(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def all_metadata() -> list[MetaData]:
+    """The table definitions of every control-plane store (the migrations' target)."""
+    from budgets.ledger_schema import metadata as ledger
+    from gateway.audit import metadata as audit
+    from gateway.principals import metadata as principals
+    from gateway.results import metadata as results
+
+    return [ledger, audit, principals, results]
+
+
+def _alembic_config(connection: Any) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the control database's schema to ``revision`` (Alembic), creating it when empty.
+
+    A database created before migrations existed (tables present, no ``alembic_version``) is
+    completed to the first revision's shape, stamped at it, and then upgraded.
+    """
+    from alembic import command
+
+    with engine.connect() as connection:
+        tables = set(inspect(connection).get_table_names())
+        config = _alembic_config(connection)
+        if tables and "alembic_version" not in tables and "budget_accounts" in tables:
+            # Made by the stores' create_schema() before migrations: bring it to revision 0001's
+            # shape (missing tables, columns and indexes are only ever added), then stamp it.
+            from budgets.ledger_schema import install
+
+            install(connection)
+            for md in all_metadata():
+                md.create_all(connection)
+            connection.commit()
+            command.stamp(config, "0001")
+        command.upgrade(config, revision)
+        connection.commit()
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the control database's schema back to ``revision`` ("base" drops every table)."""
+    from alembic import command
+
+    with engine.connect() as connection:
+        command.downgrade(_alembic_config(connection), revision)
+        connection.commit()

@@ -1,0 +1,1 @@
+"""Alembic migrations of the control database (ledger, principals and keys, audit, stored answers)."""

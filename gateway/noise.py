@@ -1,0 +1,166 @@
+"""Noise, from OpenDP only.
+
+Every mechanism is built from the plan's :class:`~rewriter.plan.Measurement` or
+:class:`~rewriter.plan.Threshold` and its privacy map is checked against the budget share the plan
+charged (``map(d_in) <= epsilon``) before anything is released. Nothing here draws randomness from
+numpy, ``random`` or the warehouse. Arguments: docs/privacy-model.md, sections "Counts and sums" and
+"Releasing group keys".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+import opendp.prelude as dp
+
+from rewriter.plan import Measurement, Threshold
+
+dp.enable_features("contrib")
+
+#: Integer values handed to OpenDP must stay well inside i64.
+_I64_SAFE = 2**62
+
+
+class NoiseError(RuntimeError):
+    """A mechanism could not be built within its budget share (a bug: fail closed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Calibrated:
+    """A discrete Laplace mechanism calibrated for one measurement."""
+
+    scale: float  # in integer units of the measurement
+    ci95_halfwidth: float  # in integer units, noise only
+
+    def output_scale(self, fixed_point: int) -> float:
+        return self.scale / fixed_point
+
+
+def _exact_le(value: float, bound: Fraction) -> bool:
+    return Fraction(value) <= bound
+
+
+@lru_cache(maxsize=4096)
+def _vector_laplace(scale: float) -> Any:
+    return dp.m.make_laplace(
+        dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), scale=scale
+    )
+
+
+def accuracy(scale: float, alpha: float) -> float:
+    """Half-width ``a`` with P(|noise| > a) <= alpha for discrete Laplace noise of ``scale``."""
+    return float(dp.discrete_laplacian_scale_to_accuracy(scale=scale, alpha=alpha))
+
+
+@lru_cache(maxsize=4096)
+def calibrate(sensitivity: int, epsilon: Fraction) -> Calibrated:
+    """Smallest float scale whose OpenDP privacy map for ``sensitivity`` is at most ``epsilon``.
+
+    >>> calibrate(5, Fraction(1, 2)).scale
+    10.0
+    """
+    if sensitivity <= 0 or epsilon <= 0:
+        raise NoiseError("sensitivity and epsilon must be positive")
+    scale = float(Fraction(sensitivity) / epsilon)
+    for _ in range(64):
+        if _exact_le(_vector_laplace(scale).map(sensitivity), epsilon):
+            return Calibrated(scale=scale, ci95_halfwidth=accuracy(scale, 0.05))
+        scale = math.nextafter(scale, math.inf)
+    raise NoiseError("could not calibrate a scale within the budget share")
+
+
+def release_measurement(measurement: Measurement, true_values: list[int]) -> list[int]:
+    """Add discrete Laplace noise to a vector of integer per-group values.
+
+    The L1 sensitivity over the whole vector is ``measurement.sensitivity`` (one unit changes at
+    most ``max_rows_per_unit`` rows in total, whichever groups they fall in).
+    """
+    if not true_values:
+        return []
+    cal = calibrate(measurement.sensitivity, measurement.epsilon)
+    # Saturate rather than fail: an error that depends on the data is an oracle no noise covers.
+    # Plans keep sensitivities far below this range (rewriter MAX_SENSITIVITY), so clamping only
+    # moves values that are already meaningless at this scale.
+    values = [max(-_I64_SAFE, min(_I64_SAFE, int(v))) for v in true_values]
+    mech = _vector_laplace(cal.scale)
+    if not _exact_le(mech.map(measurement.sensitivity), measurement.epsilon):
+        raise NoiseError("mechanism exceeds its budget share")
+    return [int(v) for v in mech(values)]
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdSpec:
+    scale: float
+    threshold: int
+    #: The threshold OpenDP needs for the (epsilon, delta) share, before the min_group_size floor.
+    dp_threshold: int
+
+
+def _threshold_measure(scale: float, threshold: int) -> Any:
+    return dp.m.make_laplace_threshold(
+        dp.map_domain(dp.atom_domain(T="i64"), dp.atom_domain(T="i64")),
+        dp.l01inf_distance(dp.absolute_distance(T="i64")),
+        scale=scale,
+        threshold=threshold,
+    )
+
+
+@lru_cache(maxsize=1024)
+def calibrate_threshold(
+    max_groups: int, epsilon: Fraction, delta: Fraction, min_group_size: int
+) -> ThresholdSpec:
+    """Scale and smallest threshold such that OpenDP's map gives at most (epsilon, delta).
+
+    One unit changes at most ``max_groups`` groups' distinct-unit counts, each by at most 1:
+    d_in = (L0, L1, Linf) = (max_groups, max_groups, 1).
+    """
+    if delta <= 0:
+        raise NoiseError("releasing non-public group keys needs delta > 0")
+    d_in = (max_groups, max_groups, 1)
+    scale = float(Fraction(max_groups) / epsilon)
+
+    def fits(s: float, t: int) -> bool:
+        eps_out, delta_out = _threshold_measure(s, t).map(d_in)
+        return _exact_le(eps_out, epsilon) and _exact_le(delta_out, delta)
+
+    low, high = 1, 1
+    for _ in range(64):  # the scale: nudge up until epsilon fits at a huge threshold
+        if _exact_le(_threshold_measure(scale, 2**40).map(d_in)[0], epsilon):
+            break
+        scale = math.nextafter(scale, math.inf)
+    else:
+        raise NoiseError("could not calibrate the threshold scale")
+    while not fits(scale, high):
+        low, high = high, high * 2
+        if high > 2**40:
+            raise NoiseError("no threshold meets delta")
+    while low < high:  # smallest threshold that fits
+        mid = (low + high) // 2
+        if fits(scale, mid):
+            high = mid
+        else:
+            low = mid + 1
+    # OpenDP 0.16's mechanism releases a key when its noisy count is >= the threshold, but its
+    # privacy map bounds P[noisy count > threshold] (opendp/opendp#2922): the delta it reports
+    # is e^(1/scale) too small. Releasing at >= high + 1, i.e. > high, is what the map bounded.
+    return ThresholdSpec(scale=scale, threshold=max(high + 1, min_group_size), dp_threshold=high)
+
+
+def release_keys(threshold: Threshold, unit_counts: list[int]) -> list[int]:
+    """Indices of the groups whose noisy distinct-unit count reaches the threshold."""
+    spec = calibrate_threshold(
+        threshold.max_groups, threshold.epsilon, threshold.delta, threshold.min_group_size
+    )
+    mech = _threshold_measure(spec.scale, spec.threshold)
+    eps_out, delta_out = mech.map((threshold.max_groups, threshold.max_groups, 1))
+    if not (_exact_le(eps_out, threshold.epsilon) and _exact_le(delta_out, threshold.delta)):
+        raise NoiseError("threshold mechanism exceeds its budget share")
+    counts = {i: int(c) for i, c in enumerate(unit_counts)}
+    if not counts:
+        return []
+    released = mech(counts)
+    return sorted(int(k) for k in released)

@@ -1,0 +1,235 @@
+"""The REST door: decode, authenticate, call ``QueryService``, encode. No privacy logic here."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
+
+from budgets.errors import BudgetError
+from gateway.admin_api import router as admin_router
+from gateway.audit_api import router as audit_router
+from gateway.auth import Authed, current_principal
+from gateway.composition import Services
+from gateway.errors import (
+    AuthInvalid,
+    AuthMissing,
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    describe,
+)
+from gateway.explain import AccuracyTarget
+from gateway.health import check_readiness
+from gateway.logs import RequestContextMiddleware, bind, current_request_id
+from gateway.principals import Principal
+from gateway.service import CallContext, QueryFailed, QueryRequest
+from rewriter.errors import RewriteError
+from rewriter.policy import ColumnClass
+
+
+class AccuracyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: float = Field(gt=0, description="Half-width of the interval, in the column's units.")
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    column: str | None = Field(
+        default=None, description="The COUNT/SUM output to aim at; default: all of them."
+    )
+
+
+class QueryBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str = Field(
+        min_length=1, max_length=100_000, description="One PostgreSQL-flavoured SELECT."
+    )
+    epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        description="Privacy cost of this query; default: the dataset's default.",
+    )
+    accuracy: AccuracyBody | None = Field(
+        default=None,
+        description="Ask for a precision instead of an epsilon: the smallest epsilon meeting it is used.",
+    )
+    query_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Idempotency key: a retry with the same id and SQL returns the stored answer.",
+    )
+
+    def to_request(self) -> QueryRequest:
+        accuracy = (
+            None
+            if self.accuracy is None
+            else AccuracyTarget(self.accuracy.n, self.accuracy.confidence, self.accuracy.column)
+        )
+        return QueryRequest(
+            sql=self.sql, epsilon=self.epsilon, accuracy=accuracy, query_id=self.query_id
+        )
+
+
+def error_response(exc: BaseException, audit_id: str | None = None) -> JSONResponse:
+    public = describe(exc)
+    bind(code=public.code)
+    body: dict[str, Any] = {
+        "error": {
+            "code": public.code,
+            "message": public.message,
+            "hint": public.hint,
+            "sqlstate": public.sqlstate,
+        }
+    }
+    if audit_id is not None:
+        body["error"]["audit_id"] = audit_id
+    headers = {"WWW-Authenticate": "Bearer"} if public.http_status == 401 else None
+    return JSONResponse(body, status_code=public.http_status, headers=headers)
+
+
+def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Settle reservations a crashed predecessor left behind, then keep doing so.
+        services.start_reconciler()
+        yield
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="privgate",
+        version="0.1.0",
+        description="Differentially private SQL over REST. Every answer carries its noise and cost.",
+    )
+    app.state.services = services
+    app.add_middleware(RequestContextMiddleware)
+
+    def principal_for_logs(request: Request) -> Principal:
+        # Every route's authentication, with the principal noted for the request's log lines.
+        # (An override of the one dependency, so that no route can forget it.)
+        found = current_principal(request)
+        bind(principal=found.name)
+        return found
+
+    app.dependency_overrides[current_principal] = principal_for_logs
+
+    @app.exception_handler(QueryFailed)
+    async def _query_failed(_: Request, exc: QueryFailed) -> JSONResponse:
+        return error_response(exc.error, exc.audit_id)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        return error_response(InvalidRequest(f"invalid request: {problems}"))
+
+    async def _coded(_: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, AuthMissing | AuthInvalid):
+            services.metrics.auth_failure(exc.code)
+        return error_response(exc)
+
+    for root in (GatewayError, RewriteError, BudgetError):
+        app.add_exception_handler(root, _coded)
+    # Anything else is a bug: Starlette's server-error middleware logs it; the client gets the
+    # canonical `internal` shape with no detail.
+    app.add_exception_handler(Exception, _coded)
+
+    @app.post("/v1/query", summary="Run one differentially private query")
+    def query(body: QueryBody, p: Authed, request: Request) -> dict[str, Any]:
+        return services.queries.run(body.to_request(), _call(p, request))
+
+    @app.post("/v1/explain", summary="What a query would release and cost, without running it")
+    def explain(body: QueryBody, p: Authed, request: Request) -> dict[str, Any]:
+        return services.queries.explain(body.to_request(), _call(p, request))
+
+    @app.get("/v1/budget", summary="Your privacy budget per granted dataset")
+    def budget(p: Authed) -> dict[str, Any]:
+        return {"principal": p.name, "budgets": [b.as_json() for b in services.queries.budget(p)]}
+
+    @app.get("/v1/schema", summary="What you may query: tables, columns, classes and bounds")
+    def schema(p: Authed) -> dict[str, Any]:
+        catalog = services.queries.catalog
+        datasets: dict[str, Any] = {}
+        for table in catalog.tables.values():
+            if table.dataset not in p.datasets:
+                continue
+            ds_policy = catalog.datasets[table.dataset]
+            ds = datasets.setdefault(
+                table.dataset,
+                {
+                    "privacy_unit": ds_policy.privacy_unit,
+                    "defaults": ds_policy.defaults.model_dump(),
+                    "tables": {},
+                },
+            )
+            ds["tables"][table.name] = {
+                "public": table.public,
+                "columns": [
+                    {
+                        "name": c.name,
+                        "type": c.type.value,
+                        "class": c.cls.value,
+                        **({"bounds": list(c.bounds)} if c.bounds else {}),
+                        **({"values": list(c.values)} if c.values else {}),
+                        **(
+                            {"usable": False}
+                            if c.cls in (ColumnClass.IDENTIFIER, ColumnClass.MASKED)
+                            else {}
+                        ),
+                    }
+                    for c in table.visible_columns()
+                ],
+            }
+        return {"datasets": datasets}
+
+    app.include_router(admin_router)
+    app.include_router(audit_router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        result = check_readiness(
+            warehouse=services.warehouse,
+            control=services.control,
+            policy_datasets=len(services.queries.catalog.datasets),
+        )
+        return JSONResponse(result.as_json(), status_code=200 if result.ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        _authorize_scrape(services, request)
+        return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _call(p: Principal, request: Request) -> CallContext:
+    client = request.client.host if request.client else ""
+    return CallContext(principal=p, door="rest", client=client, request_id=current_request_id())
+
+
+def _authorize_scrape(services: Services, request: Request) -> None:
+    """``/metrics`` takes the metrics token (when set) or an admin key."""
+    token = services.settings.metrics_token
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    if (
+        token is not None
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(sent.strip().encode(), token.get_secret_value().encode())
+    ):
+        return
+    found = current_principal(request)  # audits a missing or bad key, like every route
+    bind(principal=found.name)
+    if not found.is_admin:
+        raise Forbidden("the metrics need the metrics token or an admin key")

@@ -1,0 +1,164 @@
+"""Stored answers: free replay of identical queries and idempotent client query ids.
+
+An answer, once released, can be given again at no privacy cost: it is post-processing of what was
+already paid for. Replaying it also defeats averaging attacks — asking the same question again
+returns the same noise, not a fresh draw. The replay key is the principal, the normalised statement,
+the dataset, the policy version, the data version and the ε asked for; a changed literal is a new
+statement and costs again.
+
+Answers are kept per principal. Sharing them across principals would be sound for the dataset-wide
+cap (it was charged), but would let one analyst learn more than their own budget allows.
+
+A client-supplied ``query_id`` is claimed here *before* any budget is reserved: the first request
+with that id runs; a retry after it finished gets the stored answer; a retry while it runs (or after
+it failed) gets ``request.duplicate_query_id`` — it never runs twice.
+
+What is stored is the released envelope only (noisy values, intervals, metadata): never true values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+metadata = MetaData()
+
+results = Table(
+    "query_results",
+    metadata,
+    Column("query_id", Text, primary_key=True),
+    Column("principal", Text, nullable=False),
+    Column("replay_key", Text, nullable=True),
+    Column("state", Text, nullable=False),  # running | done | failed
+    Column("request_hash", Text, nullable=False),
+    Column("envelope", Text, nullable=True),
+    Column("created_at", Text, nullable=False),
+    Column("finished_at", Text, nullable=True),
+    UniqueConstraint("principal", "replay_key", name="uq_query_results_replay"),
+)
+
+
+def replay_key(
+    *,
+    principal: str,
+    normalized_sql: str,
+    dataset: str,
+    policy_version: str,
+    data_version: str,
+    epsilon: str,
+) -> str:
+    """The identity of a released answer."""
+    parts = [principal, dataset, policy_version, data_version, epsilon, normalized_sql]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def request_hash(sql: str, epsilon: str | None) -> str:
+    return hashlib.sha256(f"{epsilon}\x1f{sql}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Outcome of claiming a client query id."""
+
+    fresh: bool
+    state: str
+    envelope: dict[str, Any] | None
+    same_request: bool
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class ResultStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def create_schema(self) -> None:
+        metadata.create_all(self._engine)
+
+    def replay(self, *, principal: str, key: str) -> dict[str, Any] | None:
+        """The stored envelope for this principal and replay key, if any."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(results.c.envelope).where(
+                    results.c.principal == principal,
+                    results.c.replay_key == key,
+                    results.c.state == "done",
+                )
+            ).first()
+        return None if row is None or row.envelope is None else dict(json.loads(row.envelope))
+
+    def claim(self, *, query_id: str, principal: str, req_hash: str) -> Claim:
+        """Claim ``query_id`` for this principal; a second claim reports the first one's state."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    insert(results).values(
+                        query_id=query_id,
+                        principal=principal,
+                        state="running",
+                        request_hash=req_hash,
+                        created_at=_now(),
+                    )
+                )
+            return Claim(fresh=True, state="running", envelope=None, same_request=True)
+        except IntegrityError:
+            pass
+        with self._engine.connect() as conn:
+            row = conn.execute(select(results).where(results.c.query_id == query_id)).first()
+        if row is None or row.principal != principal:
+            # Another principal's id: say only that it is taken.
+            return Claim(fresh=False, state="taken", envelope=None, same_request=False)
+        envelope = json.loads(row.envelope) if row.envelope else None
+        return Claim(
+            fresh=False,
+            state=str(row.state),
+            envelope=envelope,
+            same_request=row.request_hash == req_hash,
+        )
+
+    def finish(
+        self, *, query_id: str, principal: str, key: str | None, envelope: dict[str, Any]
+    ) -> None:
+        """Store a released answer under its query id (and replay key, unless one exists)."""
+        text = json.dumps(envelope, separators=(",", ":"), allow_nan=False)
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(results)
+                .where(results.c.query_id == query_id)
+                .values(state="done", envelope=text, finished_at=_now())
+            )
+        if key is None:
+            return
+        try:  # the first stored answer for a key is the one replayed; a concurrent twin keeps none
+            with self._engine.begin() as conn:
+                conn.execute(
+                    update(results).where(results.c.query_id == query_id).values(replay_key=key)
+                )
+        except IntegrityError:
+            pass
+
+    def fail(self, *, query_id: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(results)
+                .where(results.c.query_id == query_id, results.c.state == "running")
+                .values(state="failed", finished_at=_now())
+            )

@@ -1,0 +1,200 @@
+"""One typed ``Settings`` object, read once from the environment (prefix ``PRIVGATE_``) and injected.
+
+Secrets (the bounding salt, the audit MAC key, the API-key pepper) come from the environment or
+from ``<data_dir>/secrets.json``, which is created with mode 0600 on first start when none is set.
+They never appear in the policy file, logs or error messages. See docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def demo_policy_path() -> Path:
+    return Path(__file__).resolve().parent / "demo_policy.yaml"
+
+
+class Settings(BaseSettings):
+    """All of privgate's configuration. Every field is documented in docs/operations.md."""
+
+    model_config = SettingsConfigDict(env_prefix="PRIVGATE_", extra="forbid")
+
+    data_dir: Path = Field(
+        default=Path("var"),
+        description="Where the demo warehouse, control DB and generated secrets live.",
+    )
+    warehouse_path: Path | None = Field(
+        default=None, description="DuckDB warehouse file; default <data_dir>/demo.duckdb."
+    )
+    policy_path: Path | None = Field(
+        default=None, description="Policy YAML; default the bundled demo policy."
+    )
+    control_db_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the control DB; default SQLite in data_dir."
+    )
+    statement_timeout_s: float = Field(
+        default=30.0, gt=0, description="Warehouse statement timeout (watchdog)."
+    )
+    warehouse_threads: int | None = Field(
+        default=None, ge=1, description="DuckDB threads; default all cores."
+    )
+    bounding_salt: SecretStr | None = Field(
+        default=None, description="Key of the contribution-bounding hash."
+    )
+    audit_key: SecretStr | None = Field(
+        default=None, description="MAC key of the audit chain head."
+    )
+    key_pepper: SecretStr | None = Field(default=None, description="Pepper of the API-key hashes.")
+
+    # -- audit log (docs/operations.md#audit) ---------------------------------------------------
+    audit_old_keys: SecretStr | None = Field(
+        default=None,
+        description="Previous audit keys, comma-separated: what they sealed still verifies after "
+        "a key rotation; nothing new is sealed with them.",
+    )
+    audit_checkpoint_every: int = Field(
+        default=1000, ge=1, description="Seal an audit checkpoint every this many records."
+    )
+    audit_checkpoint_dir: Path | None = Field(
+        default=None,
+        description="Also append every new checkpoint as a JSON line to "
+        "<dir>/audit-checkpoints.jsonl (keep it away from the control DB); unset: DB only.",
+    )
+    audit_retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="How long audit records are kept: `privgate audit purge --apply-retention` "
+        "purges older ones; unset: kept until purged by hand.",
+    )
+    reconcile_grace_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Age after which an unfinished budget reservation is settled (unused ones "
+        "refunded, executing ones committed); default statement_timeout_s + 60.",
+    )
+    reconcile_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the gateway settles stale reservations."
+    )
+    host: str = Field(default="127.0.0.1", description="REST bind address.")
+    port: int = Field(default=8080, ge=1, le=65535, description="REST port.")
+
+    # -- monitoring (docs/operations.md#monitoring) -------------------------------------------
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token a Prometheus scraper may use for /metrics (an admin key also "
+        "works); unset: admin keys only.",
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="`privgate serve` log lines: one JSON object, or plain text."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe level `privgate serve` logs."
+    )
+
+    # -- anomaly rules (gateway.anomaly; docs/operations.md#anomaly-rules) ----------------------
+    anomaly_enabled: bool = Field(default=True, description="Run the anomaly rules at all.")
+    anomaly_rate_max_requests: int = Field(
+        default=600, ge=1, description="Rule `rate`: this many requests by one principal ..."
+    )
+    anomaly_rate_window_s: float = Field(default=60.0, gt=0, description="... within this time.")
+    anomaly_rate_contain: bool = Field(default=True, description="Rule `rate` quarantines.")
+    anomaly_rejections_min: int = Field(
+        default=25, ge=1, description="Rule `rejections`: this many rejections ..."
+    )
+    anomaly_rejections_of_last: int = Field(
+        default=50, ge=1, description="... among a principal's last this many requests."
+    )
+    anomaly_rejections_contain: bool = Field(
+        default=False, description="Rule `rejections` quarantines."
+    )
+    anomaly_differencing_max_repeats: int = Field(
+        default=200,
+        ge=2,
+        description="Rule `differencing`: this many fresh queries of one literal-redacted shape ...",
+    )
+    anomaly_differencing_window_s: float = Field(
+        default=600.0, gt=0, description="... within this time."
+    )
+    anomaly_differencing_contain: bool = Field(
+        default=True, description="Rule `differencing` quarantines."
+    )
+    anomaly_burn_rate_max_epsilon: float = Field(
+        default=10.0, gt=0, description="Rule `burn_rate`: more epsilon than this spent ..."
+    )
+    anomaly_burn_rate_window_s: float = Field(
+        default=3600.0, gt=0, description="... within this time."
+    )
+    anomaly_burn_rate_contain: bool = Field(
+        default=False, description="Rule `burn_rate` quarantines."
+    )
+
+    @model_validator(mode="after")
+    def _rejections_fit(self) -> Settings:
+        if self.anomaly_rejections_min > self.anomaly_rejections_of_last:
+            raise ValueError("anomaly_rejections_min cannot exceed anomaly_rejections_of_last")
+        return self
+
+    @property
+    def resolved_reconcile_grace_s(self) -> float:
+        if self.reconcile_grace_s is not None:
+            return self.reconcile_grace_s
+        return self.statement_timeout_s + 60.0
+
+    @property
+    def resolved_audit_old_keys(self) -> tuple[bytes, ...]:
+        """The previous audit keys, in the order given."""
+        if self.audit_old_keys is None:
+            return ()
+        given = self.audit_old_keys.get_secret_value().split(",")
+        return tuple(k.strip().encode() for k in given if k.strip())
+
+    @property
+    def resolved_warehouse_path(self) -> Path:
+        return self.warehouse_path or self.data_dir / "demo.duckdb"
+
+    @property
+    def resolved_policy_path(self) -> Path:
+        return self.policy_path or demo_policy_path()
+
+    @property
+    def resolved_control_db_url(self) -> str:
+        return self.control_db_url or f"sqlite:///{(self.data_dir / 'control.db').resolve()}"
+
+
+_SECRET_NAMES = ("bounding_salt", "audit_key", "key_pepper")
+
+
+def load_secrets(settings: Settings) -> dict[str, bytes]:
+    """Return the three secrets, generating the missing ones into ``<data_dir>/secrets.json`` (0600)."""
+    given = {n: getattr(settings, n) for n in _SECRET_NAMES}
+    out: dict[str, bytes] = {
+        n: v.get_secret_value().encode() for n, v in given.items() if v is not None
+    }
+    missing = [n for n in _SECRET_NAMES if n not in out]
+    if not missing:
+        return out
+    path = settings.data_dir / "secrets.json"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    changed = False
+    for name in missing:
+        if name not in stored:
+            stored[name] = secrets.token_urlsafe(32)
+            changed = True
+        out[name] = stored[name].encode()
+    if changed:
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(stored, fh)
+        os.replace(tmp, path)
+    return out

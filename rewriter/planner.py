@@ -1,0 +1,236 @@
+"""Turn one SQL string into a :class:`QueryPlan`, applying the rules in ``rewriter.rules`` order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import partial
+
+from sqlglot import exp
+
+from budgets.cost import PrivacyCost, to_fraction
+from budgets.errors import QueryCostTooHigh
+from rewriter.catalog import Catalog, CatalogTable, LogicalType
+from rewriter.errors import InvalidEpsilon, Unsupported
+from rewriter.parse import parse_select
+from rewriter.plan import (
+    GroupKey,
+    Measurement,
+    OutputColumn,
+    OutputKind,
+    QueryPlan,
+    Threshold,
+)
+from rewriter.policy import ColumnClass
+from rewriter.rules.allow_nodes import allow_nodes
+from rewriter.rules.bound_and_emit import SALT_PARAMETER, UNITS_COLUMN, bound_and_emit
+from rewriter.rules.check_where import check_where
+from rewriter.rules.order_limit import order_limit
+from rewriter.rules.resolve_columns import resolve_columns
+from rewriter.rules.resolve_table import resolve_table
+from rewriter.rules.shape_aggregates import shape_aggregates, sum_sensitivity
+
+#: Smallest epsilon a query may ask for: below it the noise swamps any answer, and the scales
+#: (sensitivity / epsilon) leave the range the samplers are calibrated for.
+MIN_EPSILON = Fraction(1, 10**6)
+
+#: Row cap for queries on public tables that set no LIMIT.
+PUBLIC_ROW_CAP = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRequest:
+    sql: str
+    granted: frozenset[str]
+    epsilon: float | str | None = None
+    dialect: str = "duckdb"
+    #: The accuracy solver plans at trial epsilons and applies the per-query maximum itself.
+    check_query_max: bool = True
+
+
+def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
+    """Plan ``request.sql`` against ``catalog``, or raise a :class:`RewriteError` saying why not."""
+    tree = parse_select(request.sql)
+    allow_nodes(tree)
+    resolved = resolve_table(tree, catalog, request.granted)
+    resolution = resolve_columns(tree, resolved)
+    predicate = check_where(tree, resolution)
+    if resolved.table.public:
+        return _public_plan(tree, resolved.table, request)
+    dataset = catalog.datasets[resolved.table.dataset]
+    shape = shape_aggregates(tree, resolution)
+    if tree.args.get("having") is not None:  # pragma: no cover - allow_nodes rejects HAVING
+        raise Unsupported("HAVING is not supported yet")
+    ordering = order_limit(tree, shape.outputs, resolution)
+    epsilon = _epsilon(
+        request.epsilon,
+        dataset.defaults.epsilon,
+        dataset.budget.per_query_max if request.check_query_max else None,
+    )
+    k = dataset.defaults.max_rows_per_unit
+    needs_threshold = any(key.values is None for key in shape.keys)
+    if not shape.measurements:
+        raise Unsupported("a query on a protected table needs at least one aggregate")
+    n_parts = len(shape.measurements) + (1 if needs_threshold else 0)
+    share = epsilon / n_parts
+    unit = resolved.table.columns[dataset.privacy_unit.lower()]
+    emit = partial(
+        bound_and_emit,
+        table=resolved.table,
+        unit=unit,
+        keys=shape.keys,
+        measurements=shape.measurements,
+        max_rows_per_unit=k,
+        with_units=needs_threshold,
+        dialect=request.dialect,
+    )
+    sql = emit(predicate=predicate)
+    redacted_sql = emit(predicate=_redacted(predicate))
+    measurements = tuple(
+        Measurement(
+            column=f"m{i}",
+            kind=m.kind,
+            sensitivity=sum_sensitivity(m, k),
+            epsilon=share,
+            fixed_point=m.fixed_point,
+            description=_describe(m.kind.value, m.column.name if m.column else "*", m.clamp),
+        )
+        for i, m in enumerate(shape.measurements)
+    )
+    delta = to_fraction(dataset.defaults.delta) if needs_threshold else Fraction(0)
+    if needs_threshold and delta == 0:
+        raise Unsupported(
+            "grouping by a dimension without declared values needs delta > 0",
+            hint="Group by dimensions with public values, or ask an admin to set defaults.delta.",
+        )
+    threshold = (
+        Threshold(
+            units_column=UNITS_COLUMN,
+            max_groups=k,
+            epsilon=share,
+            delta=delta,
+            min_group_size=dataset.defaults.min_group_size,
+        )
+        if needs_threshold
+        else None
+    )
+    outputs = tuple(
+        OutputColumn(
+            name=o.name,
+            kind=o.kind,
+            type=o.type,
+            key_index=o.key_index,
+            measurement=f"m{o.measurement}" if o.measurement is not None else None,
+            denominator=f"m{o.denominator}" if o.denominator is not None else None,
+            bounds=o.bounds,
+        )
+        for o in shape.outputs
+    )
+    return QueryPlan(
+        dataset=resolved.table.dataset,
+        tables=(resolved.table.name,),
+        normalized_sql=tree.sql(dialect="postgres"),
+        redacted_sql=redact_literals(tree),
+        warehouse_sql=sql,
+        redacted_warehouse_sql=redacted_sql,
+        parameters=(SALT_PARAMETER,),
+        protected=True,
+        outputs=outputs,
+        group_keys=tuple(
+            GroupKey(column=f"k{i}", source=k_.name, type=k_.type, public_domain=k_.values)
+            for i, k_ in enumerate(shape.keys)
+        ),
+        measurements=measurements,
+        threshold=threshold,
+        max_rows_per_unit=k,
+        cost=PrivacyCost(epsilon, delta),
+        order_by=ordering.order_by,
+        limit=ordering.limit,
+        offset=ordering.offset,
+    )
+
+
+def _epsilon(requested: float | str | None, default: float, query_max: object) -> Fraction:
+    if isinstance(requested, bool):
+        raise InvalidEpsilon("epsilon must be a number")
+    if requested is None:
+        eps = to_fraction(default)
+    else:
+        try:
+            eps = to_fraction(requested)
+        except Exception:
+            raise InvalidEpsilon(f"epsilon {requested!r} is not a number") from None
+    if eps < MIN_EPSILON:
+        raise InvalidEpsilon(f"epsilon must be at least {MIN_EPSILON}")
+    max_eps = getattr(query_max, "epsilon", None)
+    if max_eps is not None and eps > to_fraction(max_eps):
+        raise QueryCostTooHigh(
+            f"epsilon {float(eps)} exceeds this dataset's per-query maximum of {max_eps}",
+        )
+    if eps > 100:
+        raise InvalidEpsilon("epsilon above 100 gives no meaningful protection")
+    return eps
+
+
+def _describe(kind: str, column: str, clamp: tuple[int | float, int | float] | None) -> str:
+    if kind == "count":
+        return "COUNT(*)" if column == "*" else f"COUNT({column})"
+    assert clamp is not None
+    return f"SUM({column} clamped to [{clamp[0]}, {clamp[1]}])"
+
+
+def _public_plan(tree: exp.Select, table: CatalogTable, request: PlanRequest) -> QueryPlan:
+    """Public reference tables hold no personal data: run as written (after the allow-list)."""
+    query = tree.copy()
+    if query.args.get("limit") is None:
+        query = query.limit(PUBLIC_ROW_CAP)
+    outputs = tuple(
+        OutputColumn(
+            name=e.alias_or_name or f"column{i + 1}", kind=OutputKind.KEY, type=LogicalType.OTHER
+        )
+        for i, e in enumerate(query.expressions)
+        if not isinstance(e, exp.Star)
+    )
+    if any(isinstance(e, exp.Star) for e in query.expressions):
+        outputs = tuple(
+            OutputColumn(name=c.name, kind=OutputKind.KEY, type=c.type)
+            for c in table.columns.values()
+            if c.cls is ColumnClass.PUBLIC
+        )
+    return QueryPlan(
+        dataset=table.dataset,
+        tables=(table.name,),
+        normalized_sql=tree.sql(dialect="postgres"),
+        redacted_sql=redact_literals(tree),
+        warehouse_sql=query.sql(dialect=request.dialect),
+        redacted_warehouse_sql=redact_literals(query),
+        parameters=(),
+        protected=False,
+        outputs=outputs,
+        group_keys=(),
+        measurements=(),
+        threshold=None,
+        max_rows_per_unit=0,
+        cost=PrivacyCost.zero(),
+    )
+
+
+def _redacted(predicate: exp.Expression | None) -> exp.Expression | None:
+    return None if predicate is None else predicate.copy().transform(_redact)
+
+
+def _redact(node: exp.Expression) -> exp.Expression:
+    if isinstance(node, exp.Literal):
+        return exp.var("?")
+    return node
+
+
+def redact_literals(tree: exp.Expression) -> str:
+    """The statement with every literal replaced by ``?``: what audit records store by default.
+
+    >>> import sqlglot
+    >>> redact_literals(sqlglot.parse_one("SELECT COUNT(*) FROM t WHERE ssn = '123-45-6789'"))
+    'SELECT COUNT(*) FROM t WHERE ssn = ?'
+    """
+
+    return tree.copy().transform(_redact).sql(dialect="postgres")

@@ -1,0 +1,127 @@
+"""Rule 1: every node in the statement is on an allow-list; anything else is rejected.
+
+The allow-list is what we can argue about: a single-table SELECT with comparisons, boolean logic,
+literals, COUNT/SUM/AVG, GROUP BY, ORDER BY and LIMIT. Functions that read files or run SQL strings
+(``read_csv``, ``query()``), casts that may fail on data (error oracles), subqueries, joins, window
+functions and set operations are rejected here with a reason, before anything else looks at the tree.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from rewriter.errors import FunctionNotAllowed, TableFunction, Unsupported
+
+ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
+    exp.Select,
+    exp.From,
+    exp.Table,
+    exp.TableAlias,
+    exp.Identifier,
+    exp.Column,
+    exp.Alias,
+    exp.Where,
+    exp.Group,
+    exp.Order,
+    exp.Ordered,
+    exp.Limit,
+    exp.Offset,
+    exp.Literal,
+    exp.Neg,
+    exp.Boolean,
+    exp.Null,
+    exp.Star,
+    exp.Paren,
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.EQ,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.In,
+    exp.Between,
+    exp.Is,
+    exp.Count,
+    exp.Sum,
+    exp.Avg,
+    exp.Cast,
+    exp.DataType,
+)
+
+#: Constructs we name in the rejection, so the analyst knows what to remove.
+_NAMED: dict[type[exp.Expression], str] = {
+    exp.Join: "JOIN",
+    exp.Subquery: "subqueries",
+    exp.With: "WITH / CTEs",
+    exp.Window: "window functions",
+    exp.Union: "UNION",
+    exp.Intersect: "INTERSECT",
+    exp.Except: "EXCEPT",
+    exp.Having: "HAVING",
+    exp.Distinct: "DISTINCT",
+    exp.Lateral: "LATERAL",
+    exp.Qualify: "QUALIFY",
+    exp.Case: "CASE",
+    exp.Div: "arithmetic",
+    exp.Mul: "arithmetic",
+    exp.Add: "arithmetic",
+    exp.Sub: "arithmetic",
+    exp.Like: "LIKE",
+    exp.ILike: "ILIKE",
+    exp.Exists: "EXISTS",
+    exp.Placeholder: "parameters",
+}
+
+_SAFE_CAST_TYPES = {exp.DataType.Type.DATE, exp.DataType.Type.TIMESTAMP}
+
+
+def allow_nodes(tree: exp.Select) -> None:
+    """Raise unless every node of ``tree`` is allowed.
+
+    >>> import sqlglot
+    >>> allow_nodes(sqlglot.parse_one("SELECT COUNT(*) FROM t WHERE a = 1"))
+    """
+    for node in tree.walk():
+        if isinstance(node, exp.Table) and not isinstance(node.this, exp.Identifier):
+            raise TableFunction(f"table functions are not allowed: {_name(node.this)}()")
+        if isinstance(node, exp.Select) and node is not tree:
+            raise Unsupported("subqueries are not supported yet")
+        if isinstance(node, exp.Cast):
+            _check_cast(node)
+            continue
+        if isinstance(node, ALLOWED_NODES):
+            continue
+        if isinstance(node, exp.Func):
+            raise FunctionNotAllowed(f"function {_name(node)}() is not allowed")
+        for kind, label in _NAMED.items():
+            if isinstance(node, kind):
+                raise Unsupported(f"{label} is not supported yet")
+        raise Unsupported(f"{node.key.upper()} is not supported")
+
+
+def _name(node: exp.Expression | exp.Func) -> str:
+    if isinstance(node, exp.Anonymous):
+        return str(node.this).lower()
+    if isinstance(node, exp.Func):
+        return node.sql_name().lower()
+    return node.key.lower()
+
+
+def _check_cast(node: exp.Cast) -> None:
+    # Only `DATE '2024-01-31'` / `TIMESTAMP '…'` literals: a cast of a constant can only fail the same
+    # way whatever the data holds. A cast of a column could fail on some rows only (an error oracle).
+    target = node.to
+    if (
+        isinstance(node.this, exp.Literal)
+        and node.this.is_string
+        and isinstance(target, exp.DataType)
+        and target.this in _SAFE_CAST_TYPES
+    ):
+        return
+    raise FunctionNotAllowed(
+        "CAST is only allowed on literals (DATE '…', TIMESTAMP '…'): a cast of data can fail on "
+        "some rows and so reveal them"
+    )

@@ -1,0 +1,1 @@
+"""Privacy verification and attack suite (docs/privacy-verification.md)."""
