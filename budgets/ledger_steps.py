@@ -125,17 +125,26 @@ def charge(
     epoch = _try_charge(conn, scope, cost, now)
     if epoch is not None:
         return epoch
-    row = account_row(conn, scope)
+    # The UPDATE above matched nothing. That does not prove exhaustion: on PostgreSQL (READ
+    # COMMITTED) the account may have been created by a concurrent first request that committed
+    # after the UPDATE took its snapshot, and is visible only now. So decide on the row as it is
+    # under our row lock — the newest committed version, which nobody can change until we finish.
+    row = account_row(conn, scope, lock=True)
     if row is None:
         if seed is None:
             return None
         create_if_absent(conn, scope, seed, now)
-        epoch = _try_charge(conn, scope, cost, now)
-        if epoch is not None:
-            return epoch
-        row = account_row(conn, scope)
+        row = account_row(conn, scope, lock=True)
         if row is None:
             raise LedgerInconsistent(f"account of {scope.describe()} vanished during a reservation")
+    e, d = cost.epsilon_units, cost.delta_units
+    if row["eps_spent"] + e <= row["eps_limit"] and row["delta_spent"] + d <= row["delta_limit"]:
+        epoch = _try_charge(conn, scope, cost, now)
+        if epoch is None:
+            raise LedgerInconsistent(
+                f"account of {scope.describe()} changed under its row lock during a reservation"
+            )
+        return epoch
     raise BudgetExhausted(
         f"privacy budget of {scope.describe()} exhausted: "
         f"{remaining_text(row['eps_limit'], row['delta_limit'], row['eps_spent'], row['delta_spent'])}"

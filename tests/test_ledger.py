@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from budgets.cost import PrivacyCost
 from budgets.errors import BudgetError, BudgetExhausted, InvalidCost, ReservationNotFound
@@ -26,6 +26,8 @@ from budgets.ledger import (
     ReservationAlreadyRefunded,
     SqlLedger,
 )
+from budgets.ledger_schema import Scope
+from budgets.ledger_steps import charge
 from gateway.control_db import make_control_engine
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -382,6 +384,38 @@ def test_concurrent_retries_of_one_query_id_charge_once(ledger: SqlLedger) -> No
 
     assert len(reservations) == 1
     assert ledger.spent_total(principal="alice", dataset="sales") == TENTH
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+def test_an_account_created_concurrently_after_our_update_is_charged_not_exhausted(
+    ledger: SqlLedger, engine: Engine
+) -> None:
+    """The interleaving behind the flaky retry test, forced step by step on real PostgreSQL.
+
+    A first request creates and charges the account but has not committed when a second request's
+    UPDATE runs, so that UPDATE sees no row. A commits right after it. B must then charge the
+    account it can now see, not report it exhausted with 0.9 of 1.0 remaining.
+    """
+    scope = Scope("principal", "alice", "sales")
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    with engine.connect() as conn_a, engine.connect() as conn_b:
+        conn_a.begin()
+        assert charge(conn_a, scope, TENTH, seed=ONE, now=now) is not None
+        conn_b.begin()
+        committed: list[str] = []
+
+        @event.listens_for(conn_b, "after_cursor_execute")
+        def commit_a_after_bs_first_update(*args: object) -> None:
+            statement = str(args[2])
+            if not committed and statement.lstrip().upper().startswith("UPDATE"):
+                conn_a.commit()
+                committed.append(statement)
+
+        assert charge(conn_b, scope, TENTH, seed=ONE, now=now) is not None
+        conn_b.commit()
+        assert committed, "the interleaving was not forced"
+    assert ledger.spent_total(principal="alice", dataset="sales") == PrivacyCost.of("0.2")
 
 
 def test_amounts_beyond_the_ledger_range_are_rejected(ledger: SqlLedger) -> None:
