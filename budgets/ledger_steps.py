@@ -137,13 +137,9 @@ def charge(
         row = account_row(conn, scope, lock=True)
         if row is None:
             raise LedgerInconsistent(f"account of {scope.describe()} vanished during a reservation")
-    e, d = cost.epsilon_units, cost.delta_units
-    if row["eps_spent"] + e <= row["eps_limit"] and row["delta_spent"] + d <= row["delta_limit"]:
-        epoch = _try_charge(conn, scope, cost, now)
-        if epoch is None:
-            raise LedgerInconsistent(
-                f"account of {scope.describe()} changed under its row lock during a reservation"
-            )
+    # Under the lock the UPDATE sees exactly this row, so a second miss does mean "does not fit".
+    epoch = _try_charge(conn, scope, cost, now)
+    if epoch is not None:
         return epoch
     raise BudgetExhausted(
         f"privacy budget of {scope.describe()} exhausted: "
