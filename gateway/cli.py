@@ -69,6 +69,12 @@ def demo(
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+    pg_port: Annotated[
+        int | None,
+        typer.Option(
+            "--pg-port", help="PostgreSQL-wire port (default PRIVGATE_PG_PORT, 5433; 0: off)."
+        ),
+    ] = None,
     demo: Annotated[
         bool,
         typer.Option(
@@ -77,7 +83,7 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Start the REST gateway."""
+    """Start the REST gateway and the PostgreSQL wire endpoint."""
     import uvicorn
 
     from gateway.composition import build_services
@@ -94,6 +100,23 @@ def serve(
     services = build_services(settings)
     bind_host = host or settings.host
     bind_port = port or settings.port
+    wire_port = settings.pg_port if pg_port is None else pg_port
+    wire = None
+    if wire_port:
+        from gateway.composition import build_wire
+        from gateway.wire.shadow import ShadowError
+
+        try:
+            wire = build_wire(services, port=wire_port)
+        except (ShadowError, OSError) as exc:
+            typer.echo(f"error: the PostgreSQL wire endpoint cannot start: {exc}", err=True)
+            typer.echo(
+                "  Set PRIVGATE_WIRE_SHADOW_DSN to a PostgreSQL role that may create databases, "
+                "or start with --pg-port 0 for REST only.",
+                err=True,
+            )
+            services.close()
+            raise typer.Exit(1) from exc
     if demo:
         lines = ["", "privgate demo is starting. Keys (shown once; stored hashed):"]
         for name in ("analyst", "admin"):
@@ -108,20 +131,30 @@ def serve(
             '    -d \'{"sql": "SELECT department, COUNT(*) AS n, AVG(cost) AS avg_cost '
             "FROM visits GROUP BY department\"}'",
             f"  API docs: http://{bind_host}:{bind_port}/docs",
-            "",
         ]
+        if wire is not None:
+            lines += [
+                "",
+                "PostgreSQL clients (psql, JDBC, BI tools): user = principal name, password = its key",
+                f"  psql 'host={settings.pg_host} port={wire.server.port} user=analyst "
+                "dbname=clinic sslmode=require' -c '\\dt'",
+            ]
+        lines.append("")
         typer.echo("\n".join(lines))
         sys.stdout.flush()
     # uvicorn's own logging config and access line stay off: the access line would carry query
     # strings; gateway.logs writes JSON lines with request ids instead.
-    uvicorn.run(
-        create_app(services),
-        host=bind_host,
-        port=bind_port,
-        log_config=None,
-        access_log=False,
-        log_level=settings.log_level.lower(),
-    )
+    try:
+        uvicorn.run(
+            create_app(services),
+            host=bind_host,
+            port=bind_port,
+            log_config=None,
+            access_log=False,
+            log_level=settings.log_level.lower(),
+        )
+    finally:
+        services.close()
 
 
 @policy_app.command("validate")

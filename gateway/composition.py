@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -39,9 +41,17 @@ class Services:
     #: The control database, for readiness checks.
     control: Engine
     _stop: threading.Event = field(default_factory=threading.Event)
+    #: Called by :meth:`close`, in order (the wire endpoint, its shadow server, …).
+    on_close: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
         self._stop.set()
+        for fn in self.on_close:
+            try:
+                fn()
+            except Exception:
+                log.exception("shutdown step failed")
+        self.on_close.clear()
         self.warehouse.close()
 
     def reconcile(self) -> ReconcileReport:
@@ -150,3 +160,62 @@ def build_services(settings: Settings) -> Services:
         anomaly=anomaly,
         control=control,
     )
+
+
+def build_wire(
+    services: Services,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    shadow: Any = None,
+) -> Any:
+    """The PostgreSQL wire endpoint beside REST (a started ``WireThread``), or ``None`` if off.
+
+    The shadow catalog server is ``PRIVGATE_WIRE_SHADOW_DSN`` when set, else an embedded
+    PostgreSQL that privgate starts in ``data_dir``. TLS uses the configured pair, else a
+    self-signed one generated in ``data_dir``.
+
+    Raises:
+        ShadowError: no shadow server is configured and none can be started here.
+    """
+    from gateway.wire.server import WireConfig, WireServer, WireThread
+    from gateway.wire.shadow import Shadow
+    from gateway.wire.tls import ensure_self_signed, server_context
+
+    settings = services.settings
+    bind_port = settings.pg_port if port is None else port
+    if bind_port == 0 and port is None:
+        return None
+    if shadow is None:
+        if settings.wire_shadow_dsn is not None:
+            dsn = settings.wire_shadow_dsn.get_secret_value()
+        else:
+            from gateway.wire.embedded import EmbeddedPostgres
+
+            embedded = EmbeddedPostgres(settings.data_dir / "shadow-pg")
+            dsn = embedded.start()
+            services.on_close.append(embedded.stop)
+        shadow = Shadow(admin_dsn=dsn, statement_timeout_ms=settings.wire_shadow_timeout_ms)
+        services.on_close.append(shadow.close)
+    if settings.wire_tls_cert is not None and settings.wire_tls_key is not None:
+        cert, key = settings.wire_tls_cert, settings.wire_tls_key
+    else:
+        cert, key = ensure_self_signed(settings.data_dir)
+    server = WireServer(
+        service=services.queries,
+        principals=services.principals,
+        audit=services.audit,
+        shadow=shadow,
+        ssl_context=server_context(cert, key),
+        config=WireConfig(
+            require_tls=settings.wire_require_tls,
+            allow_cleartext=settings.wire_allow_cleartext,
+            max_connections=settings.wire_max_connections,
+            idle_timeout_s=settings.wire_idle_timeout_s,
+        ),
+        metrics=services.metrics,
+    )
+    thread = WireThread(server, host or settings.pg_host, bind_port)
+    thread.start()
+    services.on_close.insert(0, thread.stop)
+    return thread

@@ -73,6 +73,51 @@ class InternalError(GatewayError):
     default_hint = "This is a bug in privgate; the server log has the details for an admin."
 
 
+class WireError(GatewayError):
+    """Root of the PostgreSQL wire door's own errors."""
+
+    code = "wire.protocol"
+    default_hint = "Use a PostgreSQL client (libpq, psycopg, pgjdbc) speaking protocol 3.0."
+
+
+class WireAuthFailed(WireError):
+    code = "wire.auth_failed"
+    default_hint = (
+        "Log in with the principal's name and one of its API keys (or its wire password); "
+        "keys made before the wire door existed need replacing: `privgate key create`."
+    )
+
+
+class WireTlsRequired(WireError):
+    code = "wire.tls_required"
+    default_hint = "Connect with sslmode=require (libpq) or ssl=true (JDBC)."
+
+
+class WireUnsupported(WireError):
+    code = "wire.unsupported"
+    default_hint = "Send SELECT statements and catalog queries; COPY and function calls are not served."
+
+
+class WireParameter(WireError):
+    code = "wire.parameter"
+    default_hint = "Bind a value of the parameter's type (see Describe), or send it as text."
+
+
+class WireCancelled(WireError):
+    code = "wire.cancelled"
+    default_hint = "The statement was cancelled; the connection is ready for the next one."
+
+
+class WireTooManyConnections(WireError):
+    code = "wire.too_many_connections"
+    default_hint = "Close idle connections or ask an admin to raise PRIVGATE_WIRE_MAX_CONNECTIONS."
+
+
+class ShadowUnavailable(WireError):
+    code = "wire.shadow_unavailable"
+    default_hint = "Catalog queries need the shadow PostgreSQL; an admin should check its settings."
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorSpec:
     http_status: int
@@ -119,6 +164,14 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "warehouse.unavailable": ErrorSpec(503, "08006", "The warehouse is unreachable."),
     "warehouse.error": ErrorSpec(500, "XX000", "The warehouse failed while reading data."),
     "warehouse.timeout": ErrorSpec(504, "57014", "The statement timeout was reached."),
+    "wire.protocol": ErrorSpec(400, "08P01", "A malformed or out-of-order wire message."),
+    "wire.auth_failed": ErrorSpec(401, "28P01", "Wire login refused: user or password wrong."),
+    "wire.tls_required": ErrorSpec(401, "28000", "This server accepts wire logins over TLS only."),
+    "wire.unsupported": ErrorSpec(400, "0A000", "A wire feature privgate does not serve."),
+    "wire.parameter": ErrorSpec(400, "22P02", "A bound parameter does not fit its type."),
+    "wire.cancelled": ErrorSpec(400, "57014", "The statement was cancelled by the client."),
+    "wire.too_many_connections": ErrorSpec(503, "53300", "The wire connection limit is reached."),
+    "wire.shadow_unavailable": ErrorSpec(503, "08006", "The catalog (shadow) server is unreachable."),
     "internal": ErrorSpec(500, "XX000", "A bug in privgate."),
 }
 

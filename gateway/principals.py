@@ -35,6 +35,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     false,
     insert,
     select,
@@ -43,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from budgets.errors import CodedError
+from gateway.wire.scram import Verifier, make_verifier, principal_salt
 from rewriter.policy import Role
 
 KEY_PREFIX = "pgk_"
@@ -81,6 +83,20 @@ api_keys = Table(
     Column("expires_at", Text, nullable=True),
     Column("revoked_at", Text, nullable=True),
     Column("last_used_at", Text, nullable=True),
+)
+
+#: SCRAM-SHA-256 verifiers for the PostgreSQL wire door (see ``gateway.wire.scram``): one per API
+#: key (written when the key is created; a key is its principal's wire password) and at most one
+#: admin-set password per principal (``id`` = ``"pw:" + principal``). Never a plaintext password.
+wire_verifiers = Table(
+    "wire_verifiers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("principal", Text, ForeignKey("principals.name"), nullable=False, index=True),
+    Column("key_id", String(8), ForeignKey("api_keys.id"), nullable=True),
+    Column("stored_key", String(64), nullable=False),
+    Column("server_key", String(64), nullable=False),
+    Column("created_at", Text, nullable=False),
 )
 
 
@@ -403,6 +419,15 @@ class PrincipalStore:
                             expires_at=None if expires_at is None else _iso(expires_at),
                         )
                     )
+                    conn.execute(
+                        insert(wire_verifiers).values(
+                            id=key_id,
+                            principal=principal,
+                            key_id=key_id,
+                            created_at=_iso(_now()),
+                            **self._verifier_columns(principal, key),
+                        )
+                    )
             except IntegrityError:
                 continue  # 32-bit ids collide now and then: draw another.
             return key_id, key
@@ -440,6 +465,84 @@ class PrincipalStore:
                 update(api_keys).where(api_keys.c.id == row.id).values(last_used_at=_iso(now))
             )
             return _principal(row)
+
+    def set_wire_password(self, principal: str, password: str | None) -> None:
+        """Set (or with ``None`` remove) the principal's admin-set wire password.
+
+        Raises:
+            UnknownPrincipal: no such principal.
+            ValueError: the password is shorter than 12 characters.
+        """
+        if password is not None and len(password) < 12:
+            raise ValueError("a wire password needs at least 12 characters")
+        with self._engine.begin() as conn:
+            if self._get_row(conn, principal) is None:
+                raise UnknownPrincipal(f"unknown principal {principal!r}")
+            conn.execute(delete(wire_verifiers).where(wire_verifiers.c.id == f"pw:{principal}"))
+            if password is not None:
+                conn.execute(
+                    insert(wire_verifiers).values(
+                        id=f"pw:{principal}",
+                        principal=principal,
+                        key_id=None,
+                        created_at=_iso(_now()),
+                        **self._verifier_columns(principal, password),
+                    )
+                )
+
+    def wire_salt(self, principal: str) -> bytes:
+        """The SCRAM salt shared by ``principal``'s wire verifiers (also for unknown names)."""
+        return principal_salt(self._pepper, principal)
+
+    def wire_verifiers(self, principal: str) -> list[Verifier]:
+        """The verifiers that may log ``principal`` in now: active keys and the password.
+
+        Empty for an unknown or disabled principal. Revoked and expired keys are left out.
+        """
+        now = _now()
+        with self._engine.connect() as conn:
+            row = self._get_row(conn, principal)
+            if row is None or row.disabled:
+                return []
+            rows = conn.execute(
+                select(
+                    wire_verifiers.c.id,
+                    wire_verifiers.c.stored_key,
+                    wire_verifiers.c.server_key,
+                    api_keys.c.revoked_at,
+                    api_keys.c.expires_at,
+                )
+                .select_from(
+                    wire_verifiers.outerjoin(api_keys, api_keys.c.id == wire_verifiers.c.key_id)
+                )
+                .where(wire_verifiers.c.principal == principal)
+            ).all()
+        out = []
+        for r in rows:
+            if r.revoked_at is not None or (r.expires_at is not None and _parse(r.expires_at) <= now):
+                continue
+            out.append(
+                Verifier(bytes.fromhex(r.stored_key), bytes.fromhex(r.server_key), label=str(r.id))
+            )
+        return out
+
+    def wire_login_valid(self, principal: str, label: str) -> Principal | None:
+        """Re-check, after a SCRAM proof matched verifier ``label``, that it is still usable."""
+        if not any(v.label == label for v in self.wire_verifiers(principal)):
+            return None
+        if label.startswith("pw:"):
+            found = self.get(principal)
+        else:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    update(api_keys).where(api_keys.c.id == label).values(last_used_at=_iso(_now()))
+                )
+            found = self.get(principal)
+        return found
+
+    def _verifier_columns(self, principal: str, password: str) -> dict[str, str]:
+        v = make_verifier(password, salt=principal_salt(self._pepper, principal))
+        return {"stored_key": v.stored_key.hex(), "server_key": v.server_key.hex()}
 
     def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; True if it was active until now, False if unknown or already revoked."""

@@ -207,6 +207,27 @@ class QueryService:
         body["audit_id"] = entry.id
         return body
 
+    def describe(self, request: QueryRequest, ctx: CallContext) -> QueryPlan:
+        """Plan ``request`` for a wire Describe: nothing runs, nothing is charged or recorded.
+
+        A refusal is audited (a Describe that fails is never followed by an Execute, so this is
+        the only record the attempt gets); a success leaves no record, the Execute will.
+        """
+        started = self._clock()
+        base = self._base(ctx, uuid.uuid4().hex)
+        self._gate(request, ctx, base, started)
+        try:
+            return self.resolve(request, ctx.principal)
+        except (RewriteError, BudgetError, GatewayError) as exc:
+            _add_shape(base, request.sql)
+            raise QueryFailed(exc, self._audit_rejection(base, exc, started)) from exc
+
+    def reject(self, request: QueryRequest, ctx: CallContext, exc: BaseException) -> QueryFailed:
+        """Audit a refusal the door made itself (a parameter that does not bind, say)."""
+        base = self._base(ctx, uuid.uuid4().hex)
+        _add_shape(base, request.sql)
+        return QueryFailed(exc, self._audit_rejection(base, exc, self._clock()))
+
     def run(self, request: QueryRequest, ctx: CallContext) -> dict[str, Any]:
         """Answer one query or raise :class:`QueryFailed` (after auditing the rejection)."""
         started = self._clock()

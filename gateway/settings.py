@@ -86,6 +86,33 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535, description="REST port.")
 
     # -- monitoring (docs/operations.md#monitoring) -------------------------------------------
+    pg_host: str = Field(default="127.0.0.1", description="PostgreSQL-wire bind address.")
+    pg_port: int = Field(default=5433, ge=0, le=65535, description="PostgreSQL-wire port; 0: off.")
+    wire_tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate of the wire endpoint; unset: a self-signed pair is generated "
+        "in data_dir (fine for a demo, not for production).",
+    )
+    wire_tls_key: Path | None = Field(default=None, description="PEM private key of that certificate.")
+    wire_require_tls: bool = Field(
+        default=True, description="Refuse wire logins that did not negotiate TLS (28000)."
+    )
+    wire_allow_cleartext: bool = Field(
+        default=False,
+        description="Offer cleartext password login (over TLS only) besides SCRAM-SHA-256.",
+    )
+    wire_max_connections: int = Field(default=100, ge=1, description="Open wire connections, at most.")
+    wire_idle_timeout_s: float = Field(
+        default=900.0, gt=0, description="Close a wire connection idle this long (seconds)."
+    )
+    wire_shadow_dsn: SecretStr | None = Field(
+        default=None,
+        description="libpq URL of a PostgreSQL role that may create databases and roles, for the "
+        "shadow catalog; unset: privgate starts an embedded PostgreSQL in data_dir.",
+    )
+    wire_shadow_timeout_ms: int = Field(
+        default=5000, ge=1, description="Statement timeout of catalog queries on the shadow."
+    )
     metrics_token: SecretStr | None = Field(
         default=None,
         description="Bearer token a Prometheus scraper may use for /metrics (an admin key also "

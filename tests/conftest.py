@@ -62,11 +62,18 @@ def _free_port() -> int:
 
 
 def start_gateway(
-    tmp: Path, warehouse: Path, mutate: Callable[[dict[str, Any]], None] | None = None
+    tmp: Path,
+    warehouse: Path,
+    mutate: Callable[[dict[str, Any]], None] | None = None,
+    **overrides: Any,
 ) -> Iterator[Gateway]:
     policy = write_policy(tmp / "policy.yaml", mutate)
     settings = Settings(
-        data_dir=tmp / "data", warehouse_path=warehouse, policy_path=policy, warehouse_threads=2
+        data_dir=tmp / "data",
+        warehouse_path=warehouse,
+        policy_path=policy,
+        warehouse_threads=2,
+        **overrides,
     )
     services = build_services(settings)
     keys = {name: services.principals.create_key(name)[1] for name in ("analyst", "admin")}

@@ -1,0 +1,165 @@
+"""Bound parameters of data statements: infer their types, then inline them as SQL literals.
+
+The privacy pipeline plans SQL text, so ``$n`` placeholders are replaced by literals before a
+data statement reaches ``QueryService`` (the values are typed, never spliced as text: each becomes
+one sqlglot literal node). A parameter the client left untyped takes the type of the column it is
+compared with, as PostgreSQL would infer it; that is also what Describe reports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+from gateway.wire import pgtypes
+from rewriter.catalog import Catalog, LogicalType
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Like, exp.ILike)
+_NUMERIC = (LogicalType.INTEGER, LogicalType.FLOAT)
+
+
+class ParameterError(ValueError):
+    """A parameter cannot be bound (wrong count, or a value that does not fit its type)."""
+
+
+def _parse(sql: str) -> exp.Expression | None:
+    try:
+        trees = sqlglot.parse(sql, read="postgres")
+    except ParseError:
+        return None
+    tree = trees[0] if len(trees) == 1 else None
+    return tree if isinstance(tree, exp.Expression) else None
+
+
+def _index(node: exp.Parameter) -> int | None:
+    inner = node.this
+    text = inner.name if isinstance(inner, exp.Expression) else str(inner)
+    return int(text) if text.isdigit() else None
+
+
+def count_params(sql: str) -> int:
+    """The highest ``$n`` in ``sql`` (0 when it has none or does not parse).
+
+    >>> count_params("SELECT 1 WHERE a = $2 AND b = $1")
+    2
+    """
+    tree = _parse(sql)
+    if tree is None:
+        return 0
+    found = [_index(p) for p in tree.find_all(exp.Parameter)]
+    return max((i for i in found if i is not None), default=0)
+
+
+def infer_types(sql: str, catalog: Catalog) -> dict[int, LogicalType]:
+    """Parameter number → the type of the column it is compared with (where one is)."""
+    tree = _parse(sql)
+    if tree is None:
+        return {}
+    types: dict[int, LogicalType] = {}
+    for param in tree.find_all(exp.Parameter):
+        index = _index(param)
+        if index is None:
+            continue
+        column = _partner_column(param)
+        if column is None:
+            continue
+        for table in _tables(tree, catalog):
+            col = table.column(column)
+            if col is not None:
+                types[index] = col.type
+                break
+    return types
+
+
+def _tables(tree: exp.Expression, catalog: Catalog) -> list[Any]:
+    return [t for t in (catalog.table(n.name) for n in tree.find_all(exp.Table)) if t is not None]
+
+
+def _partner_column(param: exp.Expression) -> str | None:
+    node: exp.Expression = param
+    parent = node.parent
+    while isinstance(parent, exp.Paren | exp.Neg):
+        node, parent = parent, parent.parent
+    if isinstance(parent, _COMPARISONS):
+        other = parent.expression if parent.this is node else parent.this
+        return other.name if isinstance(other, exp.Column) else None
+    if isinstance(parent, exp.In | exp.Between):
+        return parent.this.name if isinstance(parent.this, exp.Column) else None
+    return None
+
+
+def param_oids(sql: str, declared: Sequence[int], catalog: Catalog) -> list[int]:
+    """The OIDs Describe reports: the client's where it gave one, else inferred, else text."""
+    n = max(count_params(sql), len(declared))
+    inferred = infer_types(sql, catalog)
+    out = []
+    for i in range(n):
+        given = declared[i] if i < len(declared) else 0
+        if given not in (0, pgtypes.UNKNOWN):
+            out.append(given)
+        elif i + 1 in inferred:
+            out.append(pgtypes.oid_for(inferred[i + 1]))
+        else:
+            out.append(pgtypes.TEXT)
+    return out
+
+
+def _literal(value: Any, kind: LogicalType | None) -> exp.Expression:
+    if value is None:
+        return exp.Null()
+    if isinstance(value, bool):
+        return exp.Boolean(this=value)
+    if isinstance(value, int | float | decimal.Decimal):
+        return exp.Literal.number(str(value))
+    if isinstance(value, dt.datetime):
+        return exp.cast(exp.Literal.string(value.isoformat(sep=" ")), exp.DataType.Type.TIMESTAMP)
+    if isinstance(value, dt.date):
+        return exp.cast(exp.Literal.string(value.isoformat()), exp.DataType.Type.DATE)
+    text = str(value)
+    if kind in _NUMERIC:
+        try:
+            decimal.Decimal(text.strip())
+        except decimal.InvalidOperation:
+            raise ParameterError(f"parameter value {text!r} is not a number") from None
+        return exp.Literal.number(text.strip())
+    if kind is LogicalType.BOOLEAN:
+        return exp.Boolean(this=pgtypes.decode_param(text.encode(), pgtypes.BOOL, 0))
+    if kind is LogicalType.DATE:
+        return exp.cast(exp.Literal.string(text), exp.DataType.Type.DATE)
+    if kind is LogicalType.TIMESTAMP:
+        return exp.cast(exp.Literal.string(text), exp.DataType.Type.TIMESTAMP)
+    return exp.Literal.string(text)
+
+
+def inline(sql: str, values: Sequence[Any], types: Mapping[int, LogicalType]) -> str:
+    """``sql`` with ``$1…$n`` replaced by literals of ``values`` (1-based ``types``).
+
+    >>> inline("SELECT COUNT(*) FROM t WHERE a = $1 AND b = $2", ["x'; --", 3], {})
+    "SELECT COUNT(*) FROM t WHERE a = 'x''; --' AND b = 3"
+    """
+    if not values:
+        return sql
+    tree = _parse(sql)
+    if tree is None:
+        # Not one parseable statement: left as it is, for the pipeline to refuse with its own
+        # code (syntax error, several statements) and audit.
+        return sql
+    used: set[int] = set()
+
+    def replace(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Parameter):
+            index = _index(node)
+            if index is None or not 1 <= index <= len(values):
+                raise ParameterError(f"there is no parameter ${index}")
+            used.add(index)
+            return _literal(values[index - 1], types.get(index))
+        return node
+
+    out = tree.transform(replace)
+    return str(out.sql(dialect="postgres"))
