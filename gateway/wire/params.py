@@ -84,7 +84,7 @@ def _tables(tree: exp.Expression, catalog: Catalog) -> list[Any]:
 def _partner_column(param: exp.Expression) -> str | None:
     node: exp.Expression = param
     parent = node.parent
-    while isinstance(parent, exp.Paren | exp.Neg):
+    while isinstance(parent, exp.Paren | exp.Neg | exp.Cast):
         node, parent = parent, parent.parent
     if isinstance(parent, _COMPARISONS):
         other = parent.expression if parent.this is node else parent.this
@@ -137,6 +137,37 @@ def _literal(value: Any, kind: LogicalType | None) -> exp.Expression:
     return exp.Literal.string(text)
 
 
+_INTEGER_TYPES = {exp.DataType.Type.INT, exp.DataType.Type.BIGINT, exp.DataType.Type.SMALLINT}
+_NUMBER_TYPES = _INTEGER_TYPES | {
+    exp.DataType.Type.DOUBLE,
+    exp.DataType.Type.FLOAT,
+    exp.DataType.Type.DECIMAL,
+}
+_TEXT_TYPES = {exp.DataType.Type.TEXT, exp.DataType.Type.VARCHAR, exp.DataType.Type.CHAR}
+
+
+def _cast_literal(value: Any, to: exp.DataType, kind: LogicalType | None) -> exp.Expression:
+    target = to.this
+    if value is None:
+        return exp.Null()
+    if target in _NUMBER_TYPES:
+        literal = _literal(
+            value, LogicalType.INTEGER if target in _INTEGER_TYPES else LogicalType.FLOAT
+        )
+        if target in _INTEGER_TYPES and not str(literal.this).lstrip("-").isdigit():
+            raise ParameterError(f"parameter value {value!r} is not an integer")
+        return literal
+    if target in _TEXT_TYPES:
+        return exp.Literal.string(str(value))
+    if target is exp.DataType.Type.BOOLEAN:
+        return _literal(value, LogicalType.BOOLEAN)
+    if target is exp.DataType.Type.DATE:
+        return _literal(str(value) if not isinstance(value, dt.date) else value, LogicalType.DATE)
+    if target in (exp.DataType.Type.TIMESTAMP, exp.DataType.Type.DATETIME):
+        return _literal(value, LogicalType.TIMESTAMP)
+    return exp.Cast(this=_literal(value, kind), to=to)
+
+
 def inline(sql: str, values: Sequence[Any], types: Mapping[int, LogicalType]) -> str:
     """``sql`` with ``$1…$n`` replaced by literals of ``values`` (1-based ``types``).
 
@@ -153,6 +184,13 @@ def inline(sql: str, values: Sequence[Any], types: Mapping[int, LogicalType]) ->
     used: set[int] = set()
 
     def replace(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Cast) and isinstance(node.this, exp.Parameter):
+            # `$1::INTEGER` (SQLAlchemy, psycopg): the cast of a bound constant, resolved here so
+            # that the pipeline sees a plain literal (it refuses casts of anything else).
+            index = _index(node.this)
+            if index is not None and 1 <= index <= len(values):
+                used.add(index)
+                return _cast_literal(values[index - 1], node.to, types.get(index))
         if isinstance(node, exp.Parameter):
             index = _index(node)
             if index is None or not 1 <= index <= len(values):
