@@ -30,6 +30,7 @@ def _env(tmp: Path, warehouse: Path) -> dict[str, str]:
         "PRIVGATE_WAREHOUSE_PATH": str(warehouse),
         "PRIVGATE_POLICY_PATH": str(policy),
         "PRIVGATE_RECONCILE_GRACE_S": "1",
+        "PRIVGATE_PG_PORT": "0",  # REST only: this test is about the ledger under kill -9
         "PRIVGATE_RECONCILE_INTERVAL_S": "0.5",
     }
 
