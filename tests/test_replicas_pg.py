@@ -31,6 +31,7 @@ def test_two_replicas_never_overspend(
         "PRIVGATE_CONTROL_DB_URL": pg_database,
         # Both replicas must share the secrets (pepper, audit key, salt): one data dir's file.
         "PRIVGATE_DATA_DIR": str(tmp_path / "shared"),
+        "PRIVGATE_PG_PORT": "0",  # REST only: the ledger is under test here
     }
     key = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "key", "create", "--principal", "analyst"],

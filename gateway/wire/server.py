@@ -125,6 +125,7 @@ class WireServer:
             max_workers=config.max_connections + 8, thread_name_prefix="privgate-wire"
         )
         self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -139,23 +140,32 @@ class WireServer:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop accepting, end every open connection (closing its shadow session), then stop."""
         if self._server is not None:
             self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # --- one connection -------------------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         conn = _Conn(reader, writer)
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else ""
         self._open += 1
+        opened: list[ShadowLink] = []  # filled by _login as soon as a shadow session exists
         pid: int | None = None
-        link: ShadowLink | None = None
         try:
-            session, pid, link = await asyncio.wait_for(
-                self._login(conn, client), self._config.login_timeout_s
+            session, pid = await asyncio.wait_for(
+                self._login(conn, client, opened), self._config.login_timeout_s
             )
             await self._serve(conn, session)
         except (_Closed, ConnectionError, asyncio.IncompleteReadError):
@@ -180,12 +190,17 @@ class WireServer:
             self._open -= 1
             if pid is not None:
                 self._sessions.pop(pid, None)
-            if link is not None:
-                await self._blocking(link.close)
+            for link in opened:
+                try:
+                    link.close()  # a socket close: quick, and must happen even when cancelled
+                except Exception:
+                    log.exception("could not close a shadow session")
             with contextlib.suppress(ConnectionError, OSError, RuntimeError):
                 writer.close()
 
-    async def _login(self, conn: _Conn, client: str) -> tuple[WireSession, int, ShadowLink]:
+    async def _login(
+        self, conn: _Conn, client: str, opened: list[ShadowLink]
+    ) -> tuple[WireSession, int]:
         tls = False
         while True:
             msg = await conn.next(self._config.login_timeout_s)
@@ -233,7 +248,12 @@ class WireServer:
         except ShadowError as exc:
             log.error("shadow catalog unavailable: %s", exc)
             await conn.fatal(_fatal(ShadowUnavailable("the catalog server is unavailable")))
-        link = await self._blocking(ShadowLink, raw)
+        try:
+            link = await self._blocking(ShadowLink, raw)
+        except BaseException:
+            raw.close()
+            raise
+        opened.append(link)
         door = ServiceDoor(
             service=self._service,
             principals=self._principals,
@@ -259,7 +279,7 @@ class WireServer:
             m.backend_key_data(pid, secret),
             session.ready(),
         )
-        return session, pid, link
+        return session, pid
 
     async def _authenticate(
         self, conn: _Conn, user: str, tls: bool, client: str
@@ -423,12 +443,13 @@ class WireThread:
         self._loop.run_forever()
 
     def stop(self) -> None:
-        def _stop() -> None:
-            self.server.close()
-            self._loop.stop()
-
         if self._loop.is_running():
-            self._loop.call_soon_threadsafe(_stop)
+            done = asyncio.run_coroutine_threadsafe(self.server.aclose(), self._loop)
+            try:
+                done.result(10)
+            except Exception:
+                log.exception("wire shutdown failed")
+            self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
 
