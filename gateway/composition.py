@@ -195,7 +195,11 @@ def build_wire(
             embedded = EmbeddedPostgres(settings.data_dir / "shadow-pg")
             dsn = embedded.start()
             services.on_close.append(embedded.stop)
-        shadow = Shadow(admin_dsn=dsn, statement_timeout_ms=settings.wire_shadow_timeout_ms)
+        shadow = Shadow(
+            admin_dsn=dsn,
+            statement_timeout_ms=settings.wire_shadow_timeout_ms,
+            prefix=settings.wire_shadow_prefix,
+        )
         services.on_close.append(shadow.close)
     if settings.wire_tls_cert is not None and settings.wire_tls_key is not None:
         cert, key = settings.wire_tls_cert, settings.wire_tls_key

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         description="libpq URL of a PostgreSQL role that may create databases and roles, for the "
         "shadow catalog; unset: privgate starts an embedded PostgreSQL in data_dir.",
     )
+    wire_shadow_prefix: str = Field(
+        default="privgate_shadow",
+        pattern=r"^[a-z][a-z0-9_]{0,29}$",
+        description="Name prefix of the shadow databases and roles (one per deployment).",
+    )
     wire_shadow_timeout_ms: int = Field(
         default=5000, ge=1, description="Statement timeout of catalog queries on the shadow."
     )

@@ -79,24 +79,8 @@ def start_wire(tmp: Path, warehouse: Path, **overrides: Any) -> Iterator[Wire]:
 
 
 def _drop_shadow(shadow: Shadow, prefix: str) -> None:
+    shadow.drop_all()
     shadow.close()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        names = [
-            r[0]
-            for r in admin.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)
-            )
-        ]
-        for name in names:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        roles = [
-            r[0]
-            for r in admin.execute(
-                "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (prefix + "%",)
-            )
-        ]
-        for role in roles:
-            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 @pytest.fixture(scope="module")
