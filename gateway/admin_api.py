@@ -90,6 +90,14 @@ class NewKey(_Body):
         return self.expires_at
 
 
+class WirePassword(_Body):
+    password: str | None = Field(
+        min_length=12,
+        max_length=1024,
+        description="The principal's PostgreSQL-wire password; null removes it (keys still work).",
+    )
+
+
 class Limit(_Body):
     epsilon: Amount
     delta: Amount
@@ -147,6 +155,11 @@ def governance(admin: Admin, services: Svc) -> dict[str, Any]:
 @router.post("/principals/{name}/keys", status_code=201, summary="Create an API key (admin)")
 def create_key(name: str, body: NewKey, admin: Admin, services: Svc) -> dict[str, Any]:
     return _ops(services, admin).create_key(name, expires_at=body.expiry())
+
+
+@router.put("/principals/{name}/wire-password", summary="Set or clear a wire password (admin)")
+def set_wire_password(name: str, body: WirePassword, admin: Admin, services: Svc) -> dict[str, Any]:
+    return _ops(services, admin).set_wire_password(name, body.password)
 
 
 @router.get("/principals/{name}/keys", summary="List a principal's keys, no secrets (admin)")

@@ -232,6 +232,18 @@ class AdminOps:
             "audit_id": audit_id,
         }
 
+    def set_wire_password(self, name: str, password: str | None) -> dict[str, Any]:
+        """Set or (``None``) clear the principal's PostgreSQL-wire password (kept as a verifier)."""
+        try:
+            self.principals.set_wire_password(name, password)
+        except UnknownPrincipal:
+            raise AdminNotFound(f"no principal named {name!r}") from None
+        except ValueError as exc:
+            raise AdminInvalid(str(exc), hint="Use a passphrase of 12 characters or more.") from None
+        # The password is never recorded, only that it changed.
+        audit_id = self.record("wire_password." + ("set" if password else "clear"), name)
+        return {"principal": name, "wire_password": password is not None, "audit_id": audit_id}
+
     def list_keys(self, name: str) -> list[dict[str, Any]]:
         try:
             keys = self.principals.list_keys(name)

@@ -274,9 +274,18 @@ def test_a_revoked_key_stops_working_on_open_connections(wire: Wire) -> None:
 
 
 def test_an_admin_set_wire_password_logs_in(wire: Wire) -> None:
-    wire.gateway.services.principals.set_wire_password("analyst", "correct horse battery")
+    url = "/v1/admin/principals/analyst/wire-password"
+    with wire.gateway.client("admin") as http:
+        assert http.put(url, json={"password": "short"}).status_code == 422
+        done = http.put(url, json={"password": "correct horse battery"})
+        assert done.status_code == 200 and done.json()["wire_password"] is True
+    with wire.gateway.client("analyst") as http:
+        assert http.put(url, json={"password": "x" * 20}).status_code == 403
     with psycopg.connect(wire.dsn(password="correct horse battery"), autocommit=True) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
-    wire.gateway.services.principals.set_wire_password("analyst", None)
+    stored = wire.gateway.services.audit.page(limit=50).records
+    assert not any("correct horse" in str(r) for r in stored)
+    with wire.gateway.client("admin") as http:
+        assert http.put(url, json={"password": None}).json()["wire_password"] is False
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(wire.dsn(password="correct horse battery")).close()
