@@ -205,13 +205,22 @@ class EmbeddedPostgres:
     ) -> subprocess.CompletedProcess[str]:
         # A clean environment: PGDATA, PGPORT and friends must not steer the server.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C"}
-        drop = {} if account is None else {"user": account.uid, "group": account.gid, "extra_groups": []}
         # Files, not pipes: the postmaster that pg_ctl leaves behind would hold a pipe open forever.
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             try:
                 done = subprocess.run(  # noqa: S603 - fixed argv of PostgreSQL's own tools
-                    argv, stdout=out, stderr=err, env=env, cwd="/", timeout=_TIMEOUT_S,
-                    start_new_session=True, check=False, text=True, **drop,  # type: ignore[arg-type]
+                    argv,
+                    stdout=out,
+                    stderr=err,
+                    env=env,
+                    cwd="/",
+                    timeout=_TIMEOUT_S,
+                    start_new_session=True,
+                    check=False,
+                    text=True,
+                    user=None if account is None else account.uid,
+                    group=None if account is None else account.gid,
+                    extra_groups=None if account is None else [],
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
                 raise ShadowError(f"the embedded PostgreSQL could not run {Path(argv[0]).name}") from exc

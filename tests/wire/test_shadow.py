@@ -76,13 +76,16 @@ def reader(shadow: Shadow) -> Iterator[psycopg.Connection[Any]]:
 
 
 def test_one_database_per_visible_set(shadow: Shadow) -> None:
-    with shadow.connect([VISITS, WARDS]) as a, shadow.connect([WARDS, VISITS]) as b:
-        with shadow.connect([WARDS]) as c:
-            names = {conn.info.dbname for conn in (a, b, c)}
-            roles = {conn.info.user for conn in (a, b, c)}
-    assert len(names) == 2 and len(roles) == 2
-    assert a.info.dbname == b.info.dbname != c.info.dbname
-    assert spec_digest([VISITS, WARDS])[:16] in a.info.dbname
+    with (
+        shadow.connect([VISITS, WARDS]) as a,
+        shadow.connect([WARDS, VISITS]) as b,
+        shadow.connect([WARDS]) as c,
+    ):
+        dbs = [conn.info.dbname for conn in (a, b, c)]
+        roles = {conn.info.user for conn in (a, b, c)}
+    assert len(set(dbs)) == 2 and len(roles) == 2
+    assert dbs[0] == dbs[1] != dbs[2]
+    assert spec_digest([VISITS, WARDS])[:16] in dbs[0]
 
 
 def test_reader_sees_exactly_the_visible_tables(reader: psycopg.Connection[Any]) -> None:
@@ -295,11 +298,12 @@ def test_embedded_server_hosts_a_shadow(reachable_dir: Path) -> None:
             assert conn.execute("SELECT count(*) FROM visits").fetchone() == (0,)
             params = {"host": conn.info.host, "port": conn.info.port, "user": conn.info.user}
             password = conn.info.password
+            own_db = conn.info.dbname
         for dbname in ("postgres", "template1"):
             with pytest.raises(psycopg.OperationalError, match="CONNECT privilege"):
                 psycopg.connect(**params, password=password, dbname=dbname)
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-            psycopg.connect(**params, password="guess", dbname=conn.info.dbname)
+            psycopg.connect(**params, password="guess", dbname=own_db)
         assert not (reachable_dir / "pg" / "pgdata" / "postmaster.opts").stat().st_mode & 0o077
         server.stop()
         assert server.start() == dsn  # a restart reuses the cluster
