@@ -124,6 +124,8 @@ class WireSession:
         self._epsilon: str | None = None
         self._notices = True
         self.last_query: dict[str, Any] | None = None
+        #: Answers of public-table queries run by a Describe, for the Execute that follows.
+        self._public_answers: dict[str, dict[str, Any]] = {}
         self._to_thread = run_blocking or asyncio.to_thread
         self._cancelled = False
         self.busy_with_shadow = False
@@ -408,7 +410,10 @@ class WireSession:
             return self._last_query(stmt.sql, formats)
         sql = await self._bound_sql(stmt.sql, values, types)
         self._cancelled = False
-        envelope = await self._to_thread(self._door.run, sql, self._epsilon)
+        envelope = self._public_answers.pop(sql, None)
+        if envelope is None:
+            envelope = await self._to_thread(self._door.run, sql, self._epsilon)
+        self._public_answers.clear()
         if self._cancelled:
             self._cancelled = False
             self.last_query = envelope
@@ -447,13 +452,17 @@ class WireSession:
         sql = await self._bound_sql(prepared.sql, values, prepared.types)
         plan = await self._to_thread(self._door.describe, sql, self._epsilon)
         if not plan.outputs:
-            raise QueryFailed(
-                WireUnsupported(
-                    "the columns of this query are known only once it runs; use the simple "
-                    "query protocol (or a non-prepared statement) for it"
-                ),
-                None,
-            )
+            if plan.protected:  # every protected plan names its outputs: this is a bug
+                raise QueryFailed(WireUnsupported("this query cannot be described"), None)
+            # A query of public tables only: its columns are the warehouse's, known once it
+            # runs. Running it releases nothing protected and costs nothing; the answer is kept
+            # for the Execute that follows, so it runs once.
+            envelope = await self._to_thread(self._door.run, sql, self._epsilon)
+            self._public_answers[sql] = envelope
+            return [
+                m.Field(c["name"], pgtypes.oid_for(c["type"]), format=_format_of(formats, i))
+                for i, c in enumerate(envelope["columns"])
+            ]
         return [
             m.Field(
                 o.name,

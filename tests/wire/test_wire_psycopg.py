@@ -289,3 +289,11 @@ def test_an_admin_set_wire_password_logs_in(wire: Wire) -> None:
         assert http.put(url, json={"password": None}).json()["wire_password"] is False
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(wire.dsn(password="correct horse battery")).close()
+
+
+def test_a_public_table_through_the_extended_protocol(wire: Wire) -> None:
+    with wire.connect() as conn:
+        cur = conn.execute("SELECT * FROM departments WHERE department = %s", ["oncology"])
+        rows = cur.fetchall()
+        assert cur.description is not None and [d.name for d in cur.description] == ["department", "building", "floor"]
+        assert len(rows) == 1
