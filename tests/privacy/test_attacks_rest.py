@@ -5,8 +5,9 @@ their visit day, zip3 and birth year, with values far outside the bounds (1e300,
 day visited only by rows with a NULL unit; a patient with 400 rows of 1.7e308; a row of NULLs. The
 policy is the demo's with a very large budget (per-query maximum ε = 10).
 
-Only the REST door is attacked: the PostgreSQL wire door does not exist yet. When it does, the same
-corpus must run through it (it shares ``QueryService``).
+The REST door is attacked here. The wire door shares ``QueryService``; tests/wire/ checks what is
+particular to it (same refusals for the must-reject corpus, reads around the pipeline, protocol
+fuzzing). Running this statistical corpus through the wire too is still to do.
 
 Each test's docstring states the attack and its pass criterion.
 """

@@ -15,8 +15,8 @@ value) that the request did not itself contain appears anywhere in the body; no 
 is a patient_id; a rejection's message never echoes a string literal of the request.
 
 CI tier: 150 grammar + 150 mutation SQL cases and 60 schemathesis cases. Long tier
-(``-m slow``): 5,000 SQL cases (2,500 + 2,500) and 1,000 schemathesis cases. The wire door does not
-exist yet; when it does, the SQL fuzzers must run through it too (5,000 cases).
+(``-m slow``): 5,000 SQL cases (2,500 + 2,500) and 1,000 schemathesis cases. The wire door's protocol is
+fuzzed in tests/wire/test_wire_fuzz.py; running these SQL fuzzers through it too is still to do.
 """
 
 from __future__ import annotations

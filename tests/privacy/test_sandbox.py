@@ -2,7 +2,7 @@
 settings or reaches the network.
 
 A canary directory under ``tmp_path`` holds files whose content is a fresh random secret. Every
-payload below is sent over REST (the wire door does not exist yet).
+payload below is sent over REST (tests/wire/test_wire_attacks.py covers the wire door's own paths).
 
 Pass criteria:
 
