@@ -29,6 +29,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("PATCH", "/v1/admin/principals/{name}", {"disabled": True}),
     ("POST", "/v1/admin/principals/{name}/keys", {}),
     ("GET", "/v1/admin/principals/{name}/keys", None),
+    ("PUT", "/v1/admin/principals/{name}/wire-password", {"password": "a long passphrase"}),
     ("DELETE", "/v1/admin/keys/{key_id}", None),
     ("GET", "/v1/admin/budgets", None),
     ("PUT", "/v1/admin/budgets/{principal}/{dataset}", {"epsilon": 1, "delta": 0}),

@@ -5,9 +5,9 @@ their visit day, zip3 and birth year, with values far outside the bounds (1e300,
 day visited only by rows with a NULL unit; a patient with 400 rows of 1.7e308; a row of NULLs. The
 policy is the demo's with a very large budget (per-query maximum ε = 10).
 
-The REST door is attacked here. The wire door shares ``QueryService``; tests/wire/ checks what is
-particular to it (same refusals for the must-reject corpus, reads around the pipeline, protocol
-fuzzing). Running this statistical corpus through the wire too is still to do.
+Every attack that takes the ``client`` fixture runs through both doors: REST, and the PostgreSQL
+wire (``wire_client.WireClient``: psycopg over TLS, noise metadata from ``privgate_last_query()``).
+tests/wire/ checks what is particular to the wire door.
 
 Each test's docstring states the attack and its pass criterion.
 """
@@ -57,10 +57,28 @@ def gw(privacy_gateway: Gateway) -> Gateway:
     return privacy_gateway
 
 
-@pytest.fixture()
-def client(gw: Gateway) -> Any:
+@pytest.fixture(scope="module")
+def wire_door(gw: Gateway) -> Any:
+    from tests.wire.conftest import require_postgres
+
+    from .wire_client import wire_clients
+
+    require_postgres()
+    yield from wire_clients(gw)
+
+
+@pytest.fixture(params=["rest", "wire"])
+def client(gw: Gateway, request: pytest.FixtureRequest) -> Any:
+    """The attacker's client: the REST door, or the wire door behind the same interface."""
     with gw.client() as c:
-        yield c
+        if request.param == "rest":
+            yield c
+            return
+        from .wire_client import WireClient, connect
+
+        host, port = request.getfixturevalue("wire_door")
+        with connect(host, port, gw.keys["analyst"]) as conn:
+            yield WireClient(conn, c)
 
 
 # --- differencing, trackers, OR-conditions -----------------------------------------------------
