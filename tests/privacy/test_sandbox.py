@@ -2,7 +2,7 @@
 settings or reaches the network.
 
 A canary directory under ``tmp_path`` holds files whose content is a fresh random secret. Every
-payload below is sent over REST (tests/wire/test_wire_attacks.py covers the wire door's own paths).
+payload below is sent over REST and over the PostgreSQL wire door.
 
 Pass criteria:
 
@@ -261,3 +261,44 @@ def test_listener_sees_a_connection() -> None:
         assert _connections(sock) == 0
     finally:
         sock.close()
+
+
+def test_payloads_over_the_wire_leak_nothing(
+    privacy_gateway: Gateway, canary: dict[str, Any], listener: socket.socket
+) -> None:
+    """The same payloads over the PostgreSQL wire door. A payload that names a policy table goes
+    to the pipeline and is refused as over REST; one that names none goes to the empty shadow
+    catalog (a real PostgreSQL on this host), whose reader role may not read files, open large
+    objects or reach the network. Pass: the canary appears in no answer, no error and no audit
+    record, no file changes, nothing connects to the listener, no budget is spent."""
+    import psycopg
+
+    from tests.wire.conftest import require_postgres
+
+    from .wire_client import connect, wire_clients
+
+    require_postgres()
+    data_dir = privacy_gateway.services.settings.data_dir
+    secret = canary["secret"]
+    answered = refused = 0
+    for host, port in wire_clients(privacy_gateway):
+        before_files = _snapshot(canary["dir"], data_dir)  # after the wire made its TLS pair
+        with (
+            privacy_gateway.client() as c,
+            connect(host, port, privacy_gateway.keys["analyst"]) as conn,
+        ):
+            spent_before = spent(c)
+            for sql in _payloads(canary):
+                try:
+                    seen = repr(conn.execute(sql).fetchall())
+                    answered += 1
+                except psycopg.Error as exc:
+                    seen = f"{exc} {exc.diag.message_detail} {exc.diag.message_hint}"
+                    refused += 1
+                assert secret not in seen, sql
+            assert spent(c) == spent_before
+    exported = "\n".join(str(rec) for rec in privacy_gateway.services.audit.export())
+    assert secret not in exported
+    assert _snapshot(canary["dir"], data_dir) == before_files
+    assert _connections(listener) == 0, "a payload reached the network"
+    record("sandbox", door="wire", payloads=answered + refused, refused=refused, canary_leaks=0)
