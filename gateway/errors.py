@@ -63,6 +63,18 @@ class WarehouseError(GatewayError):
     default_hint = "The query failed while reading data. The budget for it stays spent."
 
 
+class PublicQueryInvalid(GatewayError):
+    """The warehouse refused a query that reads public tables only (a type, grouping or name
+    error its binder found). Public tables hold no personal data and nothing was charged, so
+    this is a user error, not the uniform after-data failure of protected queries."""
+
+    code = "sql.public_query_invalid"
+    default_hint = (
+        "Check the query against the public table's columns and types (GET /v1/schema): "
+        "GROUP BY every non-aggregated column, aggregate only numbers. Nothing was charged."
+    )
+
+
 class QueryTimeout(GatewayError):
     code = "warehouse.timeout"
     default_hint = "Narrow the query (WHERE) or ask an admin to raise the statement timeout."
@@ -131,6 +143,9 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "sql.multiple_statements": ErrorSpec(400, "42601", "More than one statement was sent."),
     "sql.not_select": ErrorSpec(400, "0A000", "Only SELECT is accepted."),
     "sql.unsupported": ErrorSpec(400, "0A000", "A construct outside the supported subset."),
+    "sql.public_query_invalid": ErrorSpec(
+        400, "42000", "The warehouse refused a query on public tables (nothing charged)."
+    ),
     "sql.type_mismatch": ErrorSpec(400, "42804", "A literal does not match its column's type."),
     "catalog.unknown_table": ErrorSpec(400, "42P01", "No such table (or not visible to you)."),
     "catalog.unknown_column": ErrorSpec(

@@ -241,7 +241,11 @@ def _order_and_cut(
 
 
 def _release_public(plan: QueryPlan, result: ResultSet) -> Released:
-    columns = tuple(ColumnInfo(name, "other", False) for name in result.columns)
+    typed = len(plan.outputs) == len(result.columns)
+    columns = tuple(
+        ColumnInfo(name, plan.outputs[i].type.value if typed else "other", False)
+        for i, name in enumerate(result.columns)
+    )
     rows = [[jsonable(v) for v in r] for r in result.rows]
     return Released(
         columns,

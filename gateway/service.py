@@ -27,6 +27,8 @@ from gateway.errors import (
     InternalError,
     InvalidRequest,
     PrincipalQuarantined,
+    PublicQueryInvalid,
+    WarehouseError,
     WarehouseUnavailable,
     describe,
 )
@@ -330,6 +332,16 @@ class QueryService:
         except WarehouseUnavailable:
             if reservation_id is not None:
                 self._ledger.refund(reservation_id)  # still 'reserved': nothing read data
+            raise
+        except WarehouseError as exc:
+            if not plan.protected:
+                # Only public tables were read: their binder errors are the analyst's to fix,
+                # and there is no budget to keep spent. (The warehouse's own message stays in
+                # the log: it may quote the analyst's literals.)
+                raise PublicQueryInvalid(
+                    "the warehouse refused this query on public tables (a type, grouping or "
+                    "name error)"
+                ) from exc
             raise
         released = release(plan, result)
         if reservation_id is not None:
