@@ -51,6 +51,20 @@ _SET_RE = re.compile(
 )
 _RESET_RE = re.compile(r"\s*RESET\s+privgate\.(\w+)\s*;?\s*$", re.I)
 _SHOW_RE = re.compile(r"\s*SHOW\s+privgate\.(\w+)\s*;?\s*$", re.I)
+#: Shadow session settings a client may not change: the role's defaults bound what a catalog
+#: statement may cost (timeouts, memory) and keep it read-only. PostgreSQL cannot pin a
+#: user-settable parameter per role, so the session refuses to forward these.
+_PINNED = (
+    "statement_timeout|lock_timeout|idle_in_transaction_session_timeout|idle_session_timeout|"
+    "default_transaction_read_only|transaction_read_only|work_mem|maintenance_work_mem|"
+    "temp_buffers|hash_mem_multiplier|max_parallel_workers_per_gather|"
+    "role|session_authorization|session_replication_role|default_transaction_isolation"
+)
+_PINNED_SET = re.compile(
+    rf"\s*(SET|RESET)\s+(SESSION\s+|LOCAL\s+)?(\"?({_PINNED})\"?\b|ROLE\b|SESSION\s+AUTHORIZATION\b|SESSION\s+CHARACTERISTICS\b)",
+    re.I,
+)
+_SET_CONFIG = re.compile(r"\bset_config\b", re.I)
 _TX_END = re.compile(r"\s*(ROLLBACK|ABORT|COMMIT|END)\b", re.I)
 
 
@@ -220,6 +234,7 @@ class WireSession:
     async def _run_simple(self, stmt: Statement) -> list[bytes]:
         self._check_tx(stmt)
         if stmt.route is Route.SHADOW:
+            self._guard_shadow(stmt.sql)
             results = await self._shadow_call(self._shadow.simple, stmt.sql)
             out: list[bytes] = []
             for res in results:
@@ -360,6 +375,7 @@ class WireSession:
         prepared = portal.prepared
         self._check_tx(prepared.stmt)
         if prepared.stmt.route is Route.SHADOW:
+            self._guard_shadow(prepared.sql)
             oids = list(prepared.declared)
             res = await self._shadow_call(
                 self._shadow.execute,
@@ -614,6 +630,22 @@ class WireSession:
         self._shadow.notices.clear()
         out += [m.parameter_status(k, v) for k, v in self._shadow.changed_parameters()]
         return out
+
+    @staticmethod
+    def _guard_shadow(sql: str) -> None:
+        if _PINNED_SET.match(sql) or _SET_CONFIG.search(sql):
+            raise _Failed(
+                m.error_response(
+                    m.Notice(
+                        "ERROR",
+                        "42501",
+                        "privgate keeps this setting fixed for catalog statements",
+                        detail="privgate code: wire.unsupported",
+                        hint="Timeouts, memory limits, roles and read-only mode of the catalog "
+                        "session are set by privgate; leave them out of SET.",
+                    )
+                )
+            )
 
     def _check_tx(self, stmt: Statement) -> None:
         if not self._data_failed_in_tx or self._shadow.transaction_status == "I":

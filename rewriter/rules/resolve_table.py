@@ -34,20 +34,27 @@ def resolve_table(tree: exp.Select, catalog: Catalog, granted: frozenset[str]) -
     if catalog_part is not None or (
         schema is not None and schema.name.lower() not in ("main", "public")
     ):
-        raise UnknownTable(f"{_shown_name(node.name)} does not exist")
+        raise UnknownTable(f"{_shown_name(node)} does not exist")
     table = catalog.table(node.name)
     if table is None:
-        raise UnknownTable(f"{_shown_name(node.name)} does not exist")
+        raise UnknownTable(f"{_shown_name(node)} does not exist")
     if table.dataset not in granted:
         # Exactly what a missing table gets: the catalog of an ungranted dataset is not disclosed
         # (GET /v1/schema does not list it either).
-        raise UnknownTable(f"{_shown_name(node.name)} does not exist")
+        raise UnknownTable(f"{_shown_name(node)} does not exist")
     return ResolvedTable(table=table, qualifier=(node.alias or node.name).lower())
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 
 
-def _shown_name(name: str) -> str:
-    """Echo a table name only when it looks like one: a quoted string could be anything."""
-    return f'table "{name}"' if _PLAIN_NAME.fullmatch(name) else "the table"
+def _shown_name(node: exp.Table) -> str:
+    """Echo a table name only when it was written as a bare name.
+
+    A quoted one could be anything, and sqlglot reads a string literal in FROM (``FROM 'x'``)
+    as a quoted identifier, so quoted names are never echoed.
+    """
+    name = node.name
+    ident = node.this
+    quoted = isinstance(ident, exp.Identifier) and bool(ident.args.get("quoted"))
+    return f'table "{name}"' if not quoted and _PLAIN_NAME.fullmatch(name) else "the table"

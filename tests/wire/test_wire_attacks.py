@@ -20,6 +20,10 @@ REFUSED = [
     ("SELECT pg_ls_dir('.')", "42501"),
     ("SELECT lo_import('/etc/passwd')", "42501"),
     ("SET ROLE postgres", "42501"),
+    ("SET statement_timeout = 0", "42501"),  # the shadow's limits are privgate's
+    ("SET LOCAL work_mem = '1GB'", "42501"),
+    ("SELECT set_config('statement_timeout', '0', false)", "42501"),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", "42501"),
     ("CREATE TEMP TABLE t AS SELECT 1", "0A000"),  # not a read: to the pipeline, refused
     ("COPY (SELECT 1) TO STDOUT", "0A000"),
     ("COPY visits TO STDOUT", "0A000"),
