@@ -41,7 +41,8 @@ LABEL org.opencontainers.image.title="privgate" \
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH="/opt/venv/bin:${PATH}" \
-    PRIVGATE_DATA_DIR=/data
+    PRIVGATE_DATA_DIR=/data \
+    PRIVGATE_PG_HOST=0.0.0.0
 
 # An unprivileged user with a fixed uid/gid, so volume permissions are predictable.
 RUN groupadd --system --gid 10001 privgate \
@@ -57,7 +58,8 @@ VOLUME ["/data"]
 WORKDIR /home/privgate
 USER privgate:privgate
 
-# 8080: REST API. 5433: PostgreSQL wire protocol (future).
+# 8080: REST API. 5433: PostgreSQL wire protocol (TLS + SCRAM; the shadow catalog runs embedded,
+# as the unprivileged user, under /data/shadow-pg unless PRIVGATE_WIRE_SHADOW_DSN is set).
 EXPOSE 8080 5433
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
