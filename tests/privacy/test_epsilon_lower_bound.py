@@ -191,8 +191,8 @@ def test_threshold_release_within_epsilon_delta() -> None:
     the policy schema accepts, so that δ-sized events are measurable).
 
     Pass: δ̂ ≤ δ for the most distinguishing event, which is "a group only the adversary is in is
-    released". Power note: the OpenDP off-by-one (see the xfail below) makes the true δ here
-    e^(1/20) ≈ 1.05 × the claim, too small a gap for this sample; the K = 1 test shows it.
+    released". Before finding 1 was fixed, the OpenDP off-by-one (OFF_BY_ONE) made the true δ
+    here e^(1/20) ≈ 1.05 × the claim, too small a gap for this sample; the K = 1 test showed it.
     """
     sc = scenario("threshold")
     result = run(sc, CI_THRESHOLD_SELECT, CI_THRESHOLD_FINAL)
@@ -288,9 +288,9 @@ def test_threshold_delta_exact_when_the_floor_binds() -> None:
         "sum",
         "sum_int",
         "avg",
-        # The true δ here is 1.04 × the claim (the OpenDP off-by-one): at 200k outputs the audit
-        # sees it only sometimes, so a failure is a correct detection, not noise.
-        pytest.param("threshold", marks=pytest.mark.xfail(strict=False, reason=OFF_BY_ONE)),
+        # Finding 1 (the OpenDP off-by-one, see OFF_BY_ONE) is fixed: the release threshold is
+        # τ + 1, so the true δ is within the claim and this must pass (it XPASSed on 2026-12-06).
+        "threshold",
     ],
 )
 def test_long_epsilon_hat_within_claim(kind: str) -> None:
