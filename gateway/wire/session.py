@@ -256,6 +256,8 @@ class WireSession:
     # --- extended query -------------------------------------------------------------------------
 
     def _parse(self, msg: m.Parse) -> list[bytes]:
+        if msg.name and msg.name not in self._statements and len(self._statements) >= _MAX_NAMED:
+            raise _Failed(_limit_error("prepared statements"))
         stmt = classify(msg.sql, self._door.table_names())
         prepared = _Prepared(msg.sql, stmt, msg.param_oids)
         if stmt.route is Route.DATA:
@@ -267,6 +269,8 @@ class WireSession:
         prepared = self._statements.get(msg.statement)
         if prepared is None:
             raise _Failed(_error(WireError(f"prepared statement {msg.statement!r} does not exist")))
+        if msg.portal and msg.portal not in self._portals and len(self._portals) >= _MAX_NAMED:
+            raise _Failed(_limit_error("portals"))
         if len(msg.param_formats) not in (0, 1, len(msg.params)):
             raise m.ProtocolViolation("parameter format count does not match the parameters")
         self._portals[msg.portal] = _Portal(
@@ -668,6 +672,21 @@ class WireSession:
     def _note_data_failure(self) -> None:
         if self._shadow.transaction_status == "T":
             self._data_failed_in_tx = True
+
+
+#: Named prepared statements (and portals) one connection may hold: each costs memory.
+_MAX_NAMED = 1000
+
+
+def _limit_error(what: str) -> bytes:
+    return m.error_response(
+        m.Notice(
+            "ERROR",
+            "54000",
+            f"this connection holds {_MAX_NAMED} {what}, the most privgate keeps",
+            hint="Close unused ones (Close message, DEALLOCATE) or use unnamed ones.",
+        )
+    )
 
 
 class _Failed(Exception):

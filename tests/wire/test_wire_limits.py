@@ -47,3 +47,19 @@ def test_an_idle_connection_is_closed_with_57p05(tight: Wire) -> None:
             client.read()
     finally:
         client.close()
+
+
+def test_named_statements_per_connection_are_capped(tight: Wire) -> None:
+    client = rc.RawClient(tight.host, tight.port)
+    try:
+        assert client.login("analyst", tight.keys["analyst"])[-1].kind == "Z"
+        client.send(b"".join(rc.parse("SELECT 1", f"s{i}") for i in range(1000)) + rc.SYNC)
+        kinds = [x.kind for x in client.until_ready()]
+        assert kinds.count("1") == 1000 and kinds[-1] == "Z"
+        client.send(rc.parse("SELECT 1", "one_too_many") + rc.SYNC)
+        over = client.until_ready()
+        assert over[0].kind == "E" and over[0].fields()["C"] == "54000"
+        client.send(rc.parse("SELECT 1", "s0") + rc.SYNC)  # replacing an existing one is fine
+        assert [x.kind for x in client.until_ready()] == ["1", "Z"]
+    finally:
+        client.close()
