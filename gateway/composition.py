@@ -46,13 +46,21 @@ class Services:
 
     def close(self) -> None:
         self._stop.set()
-        for fn in self.on_close:
+        self.stop_doors()
+        self.warehouse.close()
+
+    def stop_doors(self) -> None:
+        """Run the :attr:`on_close` steps once (the wire endpoint, its shadow server).
+
+        Called from the REST app's shutdown too: uvicorn re-raises SIGTERM once it has shut
+        down, which ends the process before code after ``uvicorn.run`` would run.
+        """
+        steps, self.on_close = list(self.on_close), []
+        for fn in steps:
             try:
                 fn()
             except Exception:
                 log.exception("shutdown step failed")
-        self.on_close.clear()
-        self.warehouse.close()
 
     def reconcile(self) -> ReconcileReport:
         """Settle reservations left unfinished by a crash (see ``budgets.ledger.reconcile``)."""

@@ -100,6 +100,7 @@ def create_app(services: Services) -> FastAPI:
         # Settle reservations a crashed predecessor left behind, then keep doing so.
         services.start_reconciler()
         yield
+        services.stop_doors()  # the wire endpoint and its embedded shadow server, if any
 
     app = FastAPI(
         lifespan=lifespan,
