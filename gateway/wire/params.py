@@ -43,38 +43,33 @@ def _index(node: exp.Parameter) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def count_params(sql: str) -> int:
-    """The highest ``$n`` in ``sql`` (0 when it has none or does not parse).
+def analyse(sql: str, catalog: Catalog) -> tuple[int, dict[int, LogicalType]]:
+    """Parse once: the highest ``$n`` in ``sql`` (0 when none, or when it does not parse), and
+    parameter number → the type of the column it is compared with (where one is).
 
-    >>> count_params("SELECT 1 WHERE a = $2 AND b = $1")
-    2
+    >>> analyse("SELECT 1 WHERE a = $2 AND b = $1", Catalog({}, None))  # type: ignore[arg-type]
+    (2, {})
     """
     tree = _parse(sql)
     if tree is None:
-        return 0
-    found = [_index(p) for p in tree.find_all(exp.Parameter)]
-    return max((i for i in found if i is not None), default=0)
-
-
-def infer_types(sql: str, catalog: Catalog) -> dict[int, LogicalType]:
-    """Parameter number → the type of the column it is compared with (where one is)."""
-    tree = _parse(sql)
-    if tree is None:
-        return {}
+        return 0, {}
     types: dict[int, LogicalType] = {}
+    count = 0
+    tables = _tables(tree, catalog)
     for param in tree.find_all(exp.Parameter):
         index = _index(param)
         if index is None:
             continue
+        count = max(count, index)
         column = _partner_column(param)
         if column is None:
             continue
-        for table in _tables(tree, catalog):
+        for table in tables:
             col = table.column(column)
             if col is not None:
                 types[index] = col.type
                 break
-    return types
+    return count, types
 
 
 def _tables(tree: exp.Expression, catalog: Catalog) -> list[Any]:
@@ -94,12 +89,16 @@ def _partner_column(param: exp.Expression) -> str | None:
     return None
 
 
-def param_oids(sql: str, declared: Sequence[int], catalog: Catalog) -> list[int]:
-    """The OIDs Describe reports: the client's where it gave one, else inferred, else text."""
-    n = max(count_params(sql), len(declared))
-    inferred = infer_types(sql, catalog)
+def param_oids(
+    count: int, declared: Sequence[int], inferred: Mapping[int, LogicalType]
+) -> list[int]:
+    """The OIDs Describe reports: the client's where it gave one, else inferred, else text.
+
+    >>> param_oids(3, (23,), {2: LogicalType.FLOAT})
+    [23, 701, 25]
+    """
     out = []
-    for i in range(n):
+    for i in range(max(count, len(declared))):
         given = declared[i] if i < len(declared) else 0
         if given not in (0, pgtypes.UNKNOWN):
             out.append(given)

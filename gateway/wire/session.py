@@ -93,6 +93,8 @@ class _Prepared:
     declared: tuple[int, ...]
     #: For data statements: parameter number → inferred logical type.
     types: dict[int, LogicalType] = field(default_factory=dict)
+    #: For data statements: the parameter OIDs Describe reports (worked out once, at Parse).
+    oids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -261,7 +263,8 @@ class WireSession:
         stmt = classify(msg.sql, self._door.table_names())
         prepared = _Prepared(msg.sql, stmt, msg.param_oids)
         if stmt.route is Route.DATA:
-            prepared.types = wparams.infer_types(msg.sql, self._door.catalog)
+            count, prepared.types = wparams.analyse(msg.sql, self._door.catalog)
+            prepared.oids = wparams.param_oids(count, msg.param_oids, prepared.types)
         self._statements[msg.name] = prepared
         return [m.parse_complete()]
 
@@ -303,7 +306,7 @@ class WireSession:
                 m.row_description(fields) if fields else m.no_data(),
             ]
         if route is Route.DATA:
-            oids = wparams.param_oids(prepared.sql, prepared.declared, self._door.catalog)
+            oids = prepared.oids
             dummy = [_dummy(o) for o in oids]
             fields = await self._plan_fields(prepared, dummy, ())
             return [
@@ -445,15 +448,7 @@ class WireSession:
                 envelope.get("audit_id"),
             )
         self.last_query = envelope
-        fields = [
-            m.Field(
-                c["name"],
-                pgtypes.oid_for(c["type"]),
-                pgtypes.TYPE_SIZES.get(pgtypes.oid_for(c["type"]), -1),
-                format=_format_of(formats, i),
-            )
-            for i, c in enumerate(envelope["columns"])
-        ]
+        fields = _envelope_fields(envelope, formats)
         rows = [_encode_row(r, fields) for r in envelope["rows"]]
         notices = [m.notice_response(_cost_notice(envelope))] if self._notices else []
         return fields, rows, f"SELECT {len(rows)}", notices
@@ -479,17 +474,9 @@ class WireSession:
             # for the Execute that follows, so it runs once.
             envelope = await self._to_thread(self._door.run, sql, self._epsilon)
             self._public_answers[sql] = envelope
-            return [
-                m.Field(c["name"], pgtypes.oid_for(c["type"]), format=_format_of(formats, i))
-                for i, c in enumerate(envelope["columns"])
-            ]
+            return _envelope_fields(envelope, formats)
         return [
-            m.Field(
-                o.name,
-                pgtypes.oid_for(o.type),
-                pgtypes.TYPE_SIZES.get(pgtypes.oid_for(o.type), -1),
-                format=_format_of(formats, i),
-            )
+            _field(o.name, pgtypes.oid_for(o.type), _format_of(formats, i))
             for i, o in enumerate(plan.outputs)
         ]
 
@@ -503,7 +490,7 @@ class WireSession:
 
     def _decode_params(self, portal: _Portal) -> list[Any]:
         prepared = portal.prepared
-        oids = wparams.param_oids(prepared.sql, prepared.declared, self._door.catalog)
+        oids = prepared.oids
         if len(portal.params) != len(oids):
             raise WireParameter(
                 f"the statement takes {len(oids)} parameters and {len(portal.params)} were bound"
@@ -566,10 +553,7 @@ class WireSession:
         self, sql: str, formats: tuple[int, ...]
     ) -> tuple[list[m.Field] | None, list[list[bytes | None]], str, list[bytes]]:
         wanted = _last_query_columns(sql)
-        fields = [
-            m.Field(n, o, pgtypes.TYPE_SIZES.get(o, -1), format=_format_of(formats, i))
-            for i, (n, o) in enumerate(wanted)
-        ]
+        fields = [_field(n, o, _format_of(formats, i)) for i, (n, o) in enumerate(wanted)]
         positions = [[n for n, _ in _LAST_QUERY_COLUMNS].index(n) for n, _ in wanted]
         env = self.last_query
         rows: list[list[bytes | None]] = []
@@ -750,6 +734,18 @@ def _setting_name(pattern: re.Pattern[str], sql: str) -> str:
             f"unknown privgate setting {name!r}: use privgate.epsilon or privgate.notices"
         )
     return name
+
+
+def _field(name: str, oid: int, fmt: int) -> m.Field:
+    return m.Field(name, oid, pgtypes.TYPE_SIZES.get(oid, -1), format=fmt)
+
+
+def _envelope_fields(envelope: dict[str, Any], formats: tuple[int, ...]) -> list[m.Field]:
+    """The RowDescription of a released answer (the same for its Describe and its Execute)."""
+    return [
+        _field(c["name"], pgtypes.oid_for(c["type"]), _format_of(formats, i))
+        for i, c in enumerate(envelope["columns"])
+    ]
 
 
 def _encode_row(values: list[Any], fields: list[m.Field]) -> list[bytes | None]:

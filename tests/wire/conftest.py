@@ -75,12 +75,8 @@ def start_wire(tmp: Path, warehouse: Path, **overrides: Any) -> Iterator[Wire]:
             yield Wire(gw, "127.0.0.1", thread.server.port, tmp / "data" / "wire-tls.crt")
         finally:
             thread.stop()
-            _drop_shadow(shadow, prefix)
-
-
-def _drop_shadow(shadow: Shadow, prefix: str) -> None:
-    shadow.drop_all()
-    shadow.close()
+            shadow.drop_all()
+            shadow.close()
 
 
 @pytest.fixture(scope="module")
