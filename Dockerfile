@@ -58,11 +58,14 @@ VOLUME ["/data"]
 WORKDIR /home/privgate
 USER privgate:privgate
 
-# 8080: REST API. 5433: PostgreSQL wire protocol (TLS + SCRAM; the shadow catalog runs embedded,
+# 8080: REST API over HTTPS (bound to 0.0.0.0, so PRIVGATE_REQUIRE_TLS makes it HTTPS: a
+# self-signed pair in /data unless PRIVGATE_TLS_CERT/PRIVGATE_TLS_KEY name mounted files; the health
+# check probes /healthz over loopback and does not verify the certificate).
+# 5433: PostgreSQL wire protocol (TLS + SCRAM; the shadow catalog runs embedded,
 # as the unprivileged user, under /data/shadow-pg unless PRIVGATE_WIRE_SHADOW_DSN is set).
 EXPOSE 8080 5433
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4); sys.exit(0 if r.status == 200 else 1)"]
+    CMD ["python", "-c", "import ssl, sys, urllib.request; r = urllib.request.urlopen('https://127.0.0.1:8080/healthz', timeout=4, context=ssl._create_unverified_context()); sys.exit(0 if r.status == 200 else 1)"]
 
 CMD ["privgate", "serve", "--demo", "--host", "0.0.0.0", "--port", "8080"]

@@ -89,17 +89,24 @@ def serve(
     from gateway.composition import build_services
     from gateway.logs import configure_logging
     from gateway.rest import create_app
+    from gateway.tls import TlsConfigError, rest_tls
 
     settings = _settings()
     configure_logging(fmt=settings.log_format, level=settings.log_level)
+    bind_host = host or settings.host
+    bind_port = port or settings.port
+    try:
+        https = rest_tls(settings, bind_host)
+    except TlsConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    scheme = "https" if https is not None else "http"
     if demo:
         from gateway.demo import ensure_demo_warehouse
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         ensure_demo_warehouse(settings.resolved_warehouse_path)
     services = build_services(settings)
-    bind_host = host or settings.host
-    bind_port = port or settings.port
     wire_port = settings.pg_port if pg_port is None else pg_port
     wire = None
     if wire_port:
@@ -108,6 +115,10 @@ def serve(
 
         try:
             wire = build_wire(services, port=wire_port)
+        except TlsConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            services.close()
+            raise typer.Exit(1) from exc
         except (ShadowError, OSError) as exc:
             typer.echo(f"error: the PostgreSQL wire endpoint cannot start: {exc}", err=True)
             typer.echo(
@@ -123,14 +134,18 @@ def serve(
             if services.principals.get(name) is not None:
                 _, key = services.principals.create_key(name)
                 lines.append(f"  {name:8s} {key}")
+        curl = "curl -s"
+        if https is not None and https.self_signed:
+            curl += f" --cacert {https.cert}"
         lines += [
             "",
             "Try:",
-            f"  curl -s http://{bind_host}:{bind_port}/v1/query -H 'Authorization: Bearer <analyst key>' \\",
+            f"  {curl} {scheme}://{bind_host}:{bind_port}/v1/query "
+            "-H 'Authorization: Bearer <analyst key>' \\",
             "    -H 'Content-Type: application/json' \\",
             '    -d \'{"sql": "SELECT department, COUNT(*) AS n, AVG(cost) AS avg_cost '
             "FROM visits GROUP BY department\"}'",
-            f"  API docs: http://{bind_host}:{bind_port}/docs",
+            f"  API docs: {scheme}://{bind_host}:{bind_port}/docs",
         ]
         if wire is not None:
             lines += [
@@ -152,6 +167,8 @@ def serve(
             log_config=None,
             access_log=False,
             log_level=settings.log_level.lower(),
+            ssl_certfile=None if https is None else str(https.cert),
+            ssl_keyfile=None if https is None else str(https.key),
         )
     finally:
         services.close()

@@ -180,20 +180,22 @@ def build_wire(
     """The PostgreSQL wire endpoint beside REST (a started ``WireThread``), or ``None`` if off.
 
     The shadow catalog server is ``PRIVGATE_WIRE_SHADOW_DSN`` when set, else an embedded
-    PostgreSQL that privgate starts in ``data_dir``. TLS uses the configured pair, else a
-    self-signed one generated in ``data_dir``.
+    PostgreSQL that privgate starts in ``data_dir``. TLS uses the configured pair
+    (``PRIVGATE_WIRE_TLS_*``, else ``PRIVGATE_TLS_*``), else a self-signed one in ``data_dir``.
 
     Raises:
         ShadowError: no shadow server is configured and none can be started here.
+        TlsConfigError: a half-configured or missing certificate/key pair.
     """
+    from gateway.tls import server_context, wire_tls
     from gateway.wire.server import WireConfig, WireServer, WireThread
     from gateway.wire.shadow import Shadow
-    from gateway.wire.tls import ensure_self_signed, server_context
 
     settings = services.settings
     bind_port = settings.pg_port if port is None else port
     if bind_port == 0 and port is None:
         return None
+    pair = wire_tls(settings)  # before anything starts: a bad pair stops nothing half-way
     if shadow is None:
         if settings.wire_shadow_dsn is not None:
             dsn = settings.wire_shadow_dsn.get_secret_value()
@@ -209,16 +211,12 @@ def build_wire(
             prefix=settings.wire_shadow_prefix,
         )
         services.on_close.append(shadow.close)
-    if settings.wire_tls_cert is not None and settings.wire_tls_key is not None:
-        cert, key = settings.wire_tls_cert, settings.wire_tls_key
-    else:
-        cert, key = ensure_self_signed(settings.data_dir)
     server = WireServer(
         service=services.queries,
         principals=services.principals,
         audit=services.audit,
         shadow=shadow,
-        ssl_context=server_context(cert, key),
+        ssl_context=server_context(pair.cert, pair.key),
         config=WireConfig(
             require_tls=settings.wire_require_tls,
             allow_cleartext=settings.wire_allow_cleartext,

@@ -85,6 +85,13 @@ class InternalError(GatewayError):
     default_hint = "This is a bug in privgate; the server log has the details for an admin."
 
 
+class TlsRequired(GatewayError):
+    """A plaintext HTTP request from a peer that is not loopback (``PRIVGATE_REQUIRE_TLS``)."""
+
+    code = "tls.required"
+    default_hint = "Use https:// (the gateway serves plaintext to loopback clients only)."
+
+
 class WireError(GatewayError):
     """Root of the PostgreSQL wire door's own errors."""
 
@@ -107,7 +114,9 @@ class WireTlsRequired(WireError):
 
 class WireUnsupported(WireError):
     code = "wire.unsupported"
-    default_hint = "Send SELECT statements and catalog queries; COPY and function calls are not served."
+    default_hint = (
+        "Send SELECT statements and catalog queries; COPY and function calls are not served."
+    )
 
 
 class WireParameter(WireError):
@@ -179,6 +188,7 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "warehouse.unavailable": ErrorSpec(503, "08006", "The warehouse is unreachable."),
     "warehouse.error": ErrorSpec(500, "XX000", "The warehouse failed while reading data."),
     "warehouse.timeout": ErrorSpec(504, "57014", "The statement timeout was reached."),
+    "tls.required": ErrorSpec(403, "28000", "Plaintext HTTP from a non-loopback client."),
     "wire.protocol": ErrorSpec(400, "08P01", "A malformed or out-of-order wire message."),
     "wire.auth_failed": ErrorSpec(401, "28P01", "Wire login refused: user or password wrong."),
     "wire.tls_required": ErrorSpec(401, "28000", "This server accepts wire logins over TLS only."),
@@ -186,7 +196,9 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "wire.parameter": ErrorSpec(400, "22P02", "A bound parameter does not fit its type."),
     "wire.cancelled": ErrorSpec(400, "57014", "The statement was cancelled by the client."),
     "wire.too_many_connections": ErrorSpec(503, "53300", "The wire connection limit is reached."),
-    "wire.shadow_unavailable": ErrorSpec(503, "08006", "The catalog (shadow) server is unreachable."),
+    "wire.shadow_unavailable": ErrorSpec(
+        503, "08006", "The catalog (shadow) server is unreachable."
+    ),
     "internal": ErrorSpec(500, "XX000", "A bug in privgate."),
 }
 

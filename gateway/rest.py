@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from budgets.errors import BudgetError
 from gateway.admin_api import router as admin_router
@@ -24,6 +25,7 @@ from gateway.errors import (
     Forbidden,
     GatewayError,
     InvalidRequest,
+    TlsRequired,
     describe,
 )
 from gateway.explain import AccuracyTarget
@@ -31,6 +33,7 @@ from gateway.health import check_readiness
 from gateway.logs import RequestContextMiddleware, bind, current_request_id
 from gateway.principals import Principal
 from gateway.service import CallContext, QueryFailed, QueryRequest
+from gateway.tls import is_loopback
 from rewriter.errors import RewriteError
 from rewriter.policy import ColumnClass
 
@@ -94,6 +97,29 @@ def error_response(exc: BaseException, audit_id: str | None = None) -> JSONRespo
     return JSONResponse(body, status_code=public.http_status, headers=headers)
 
 
+class PlaintextGuard:
+    """ASGI middleware: a plaintext request whose peer is not loopback gets 403 ``tls.required``.
+
+    ``privgate serve`` already refuses plaintext binds to non-loopback addresses
+    (:func:`gateway.tls.rest_tls`); this guard holds for apps served some other way (uvicorn by
+    hand, a test server). A request that came over TLS has ``scope["scheme"] == "https"``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("scheme") == "http":
+            client = scope.get("client")
+            if client is None or not is_loopback(str(client[0])):
+                response = error_response(
+                    TlsRequired("this gateway serves plaintext to loopback only")
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -110,6 +136,8 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     app.add_middleware(RequestContextMiddleware)
+    if services.settings.require_tls:
+        app.add_middleware(PlaintextGuard)  # outermost: refused before any other work
 
     def principal_for_logs(request: Request) -> Principal:
         # Every route's authentication, with the principal noted for the request's log lines.

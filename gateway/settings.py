@@ -85,15 +85,33 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="REST bind address.")
     port: int = Field(default=8080, ge=1, le=65535, description="REST port.")
 
+    # -- TLS (gateway.tls; docs/operations.md#tls) ---------------------------------------------
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain) both doors serve; unset: self-signed."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of that certificate.")
+    rest_tls: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="REST over HTTPS: `on`; plaintext: `off`; `auto`: HTTPS when a pair is "
+        "configured or the bind address is not loopback (self-signed if no pair).",
+    )
+    require_tls: bool = Field(
+        default=True,
+        description="Refuse plaintext REST except to loopback: at startup for a non-loopback "
+        "bind, per request (403 tls.required) for a non-loopback peer.",
+    )
+
     # -- monitoring (docs/operations.md#monitoring) -------------------------------------------
     pg_host: str = Field(default="127.0.0.1", description="PostgreSQL-wire bind address.")
     pg_port: int = Field(default=5433, ge=0, le=65535, description="PostgreSQL-wire port; 0: off.")
     wire_tls_cert: Path | None = Field(
         default=None,
-        description="PEM certificate of the wire endpoint; unset: a self-signed pair is generated "
-        "in data_dir (fine for a demo, not for production).",
+        description="PEM certificate of the wire endpoint if it differs from PRIVGATE_TLS_CERT; "
+        "with neither set, a self-signed pair is generated in data_dir (fine for a demo only).",
     )
-    wire_tls_key: Path | None = Field(default=None, description="PEM private key of that certificate.")
+    wire_tls_key: Path | None = Field(
+        default=None, description="PEM private key of the wire certificate."
+    )
     wire_require_tls: bool = Field(
         default=True, description="Refuse wire logins that did not negotiate TLS (28000)."
     )
@@ -101,7 +119,9 @@ class Settings(BaseSettings):
         default=False,
         description="Offer cleartext password login (over TLS only) besides SCRAM-SHA-256.",
     )
-    wire_max_connections: int = Field(default=100, ge=1, description="Open wire connections, at most.")
+    wire_max_connections: int = Field(
+        default=100, ge=1, description="Open wire connections, at most."
+    )
     wire_idle_timeout_s: float = Field(
         default=900.0, gt=0, description="Close a wire connection idle this long (seconds)."
     )

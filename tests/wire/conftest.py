@@ -72,7 +72,7 @@ def start_wire(tmp: Path, warehouse: Path, **overrides: Any) -> Iterator[Wire]:
     for gw in start_gateway(tmp, warehouse, big_budget, **overrides):
         thread = build_wire(gw.services, host="127.0.0.1", port=0, shadow=shadow)
         try:
-            yield Wire(gw, "127.0.0.1", thread.server.port, tmp / "data" / "wire-tls.crt")
+            yield Wire(gw, "127.0.0.1", thread.server.port, tmp / "data" / "tls-self-signed.crt")
         finally:
             thread.stop()
             shadow.drop_all()
