@@ -19,6 +19,7 @@ from gateway.admin_api import router as admin_router
 from gateway.audit_api import router as audit_router
 from gateway.auth import Authed, current_principal
 from gateway.composition import Services
+from gateway.console import router as console_router
 from gateway.errors import (
     AuthInvalid,
     AuthMissing,
@@ -221,6 +222,7 @@ def create_app(services: Services) -> FastAPI:
 
     app.include_router(admin_router)
     app.include_router(audit_router)
+    app.include_router(console_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
