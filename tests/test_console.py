@@ -229,9 +229,13 @@ def test_admin_sees_budgets_audit_and_governance(tab: Page, gateway: Gateway) ->
     points = tab.page.locator("#budget-chart svg circle.point")
     assert points.count() == len(charged)
     assert tab.page.locator("#budget-chart svg polyline.spent").count() == 1
-    totals = [float(points.nth(i).get_attribute("data-total")) for i in range(points.count())]
-    assert totals == sorted(totals)
-    assert totals[-1] == pytest.approx(sum(float(r["record"]["epsilon"]) for r in charged))
+    # The last point is what the ledger says the account spent (since any reset).
+    with gateway.client("admin") as admin:
+        (account,) = admin.get(
+            "/v1/admin/budgets", params={"principal": "analyst", "dataset": "clinic"}
+        ).json()["budgets"]
+    last = float(points.last.get_attribute("data-total"))
+    assert last == pytest.approx(float(account["epsilon_spent"]))
     tab.shot("budgets")
 
     # Audit: rows, the chain verdict, then a filter.
@@ -347,3 +351,20 @@ def test_analyst_key_cannot_load_the_console(
         assert script.status == 403
     finally:
         opened.close()
+
+
+def test_budget_plot_starts_again_after_a_reset(tab: Page, gateway: Gateway) -> None:
+    with gateway.client("admin") as admin:
+        assert admin.post("/v1/admin/budgets/analyst/clinic/reset").status_code == 200
+    assert _query(gateway, COUNT_SQL, 0.125).status_code == 200
+    tab.open()
+    tab.log_in(gateway.keys["admin"])
+    tab.page.wait_for_selector("#app:not([hidden])")
+    row = _rows(tab, "budget-table").filter(has_text="analyst").filter(has_text="principal")
+    assert "0.125" in row.inner_text()  # spent since the reset
+    row.locator("button.plot").click()
+    tab.page.wait_for_selector("#budget-chart svg line.reset", state="attached")
+    assert tab.page.locator("#budget-chart svg line.reset").count() == 1
+    last = tab.page.locator("#budget-chart svg circle.point").last
+    assert float(last.get_attribute("data-total")) == pytest.approx(0.125)
+    tab.shot("budgets-after-reset")

@@ -95,7 +95,7 @@
   }
 
   function when(iso) {
-    return iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "") : "—";
+    return iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace(/(\+00:00|Z)$/, "") : "—";
   }
 
   function say(message, kind = "info") {
