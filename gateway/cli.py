@@ -22,7 +22,12 @@ if TYPE_CHECKING:
     from gateway.admin_ops import AdminOps
     from gateway.audit import AuditFilter, AuditLog
 
-app = typer.Typer(help="privgate: a privacy-enforcing SQL gateway.", no_args_is_help=True)
+# Tracebacks never show local variables: they may hold secrets and query text.
+app = typer.Typer(
+    help="privgate: a privacy-enforcing SQL gateway.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 policy_app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
 audit_app = typer.Typer(
     help="List, export, verify, checkpoint and purge the audit log.", no_args_is_help=True
@@ -38,7 +43,17 @@ app.add_typer(budget_app, name="budget")
 
 
 def _settings() -> Settings:
-    return Settings()
+    """The settings, or exit 2 with one line per problem (never the values: they hold secrets)."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for e in exc.errors(include_input=False, include_url=False):
+            field = ".".join(str(p) for p in e["loc"])
+            where = f"PRIVGATE_{field.upper()}: " if field else ""
+            _err(f"error: invalid settings: {where}{e['msg']}")
+        raise typer.Exit(2) from None
 
 
 def _err(message: str) -> None:

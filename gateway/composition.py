@@ -114,9 +114,18 @@ def build_control(settings: Settings) -> tuple[SqlLedger, AuditLog, PrincipalSto
         checkpoint_every=settings.audit_checkpoint_every,
         checkpoint_dir=settings.audit_checkpoint_dir,
     )
-    principals = PrincipalStore(engine, pepper=secrets["key_pepper"])
+    principals = PrincipalStore(
+        engine, pepper=secrets["key_pepper"], old_peppers=settings.resolved_key_old_peppers
+    )
     migrate(engine)
     audit.create_schema()  # the genesis head is sealed with the MAC key: not a migration's job
+    unsalted = principals.fill_wire_salts()
+    if unsalted:
+        log.warning(
+            "%d principals have wire verifiers made before salts were stored, during a pepper "
+            "rotation: their keys log in over the wire again after one use over REST",
+            unsalted,
+        )
     return ledger, audit, principals
 
 

@@ -97,6 +97,10 @@ wire_verifiers = Table(
     Column("stored_key", String(64), nullable=False),
     Column("server_key", String(64), nullable=False),
     Column("created_at", Text, nullable=False),
+    # The SCRAM salt (hex), the same on every row of one principal (SCRAM sends one salt before
+    # the client proves anything). Stored so that a pepper rotation leaves wire logins intact.
+    # NULL only on rows made before revision 0005 and not yet filled in (fill_wire_salts).
+    Column("salt", String(32), nullable=True),
 )
 
 
@@ -210,9 +214,13 @@ class KeyInfo:
 class PrincipalStore:
     """Principals and API keys in the control database."""
 
-    def __init__(self, engine: Engine, *, pepper: bytes) -> None:
-        if not isinstance(pepper, bytes) or len(pepper) < 16:
-            raise ValueError("the API key pepper must be at least 16 random bytes")
+    def __init__(self, engine: Engine, *, pepper: bytes, old_peppers: Iterable[bytes] = ()) -> None:
+        """``old_peppers``: earlier peppers during a rotation. A key hashed under one of them
+        still authenticates, and its stored hash is rewritten under ``pepper`` on that use."""
+        self._old_peppers = tuple(old_peppers)
+        for p in (pepper, *self._old_peppers):
+            if not isinstance(p, bytes) or len(p) < 16:
+                raise ValueError("an API key pepper must be at least 16 random bytes")
         self._engine = engine
         self._pepper = pepper
 
@@ -425,7 +433,7 @@ class PrincipalStore:
                             principal=principal,
                             key_id=key_id,
                             created_at=_iso(_now()),
-                            **self._verifier_columns(principal, key),
+                            **self._verifier_columns(conn, principal, key),
                         )
                     )
             except IntegrityError:
@@ -440,6 +448,7 @@ class PrincipalStore:
             return None
         # Hash before the lookup so that unknown ids and wrong secrets cost the same work.
         presented = self._hash(key).encode()
+        presented_old = [self._hash(key, pepper).encode() for pepper in self._old_peppers]
         now = _now()
         with self._engine.begin() as conn:
             row = conn.execute(
@@ -456,15 +465,33 @@ class PrincipalStore:
                 .join(principals, principals.c.name == api_keys.c.principal)
                 .where(api_keys.c.id == match.group(1))
             ).one_or_none()
-            if row is None or not hmac.compare_digest(presented, str(row.key_hash).encode()):
+            if row is None:
+                return None
+            stored = str(row.key_hash).encode()
+            current = hmac.compare_digest(presented, stored)
+            # Every old pepper is compared, so the work does not depend on which one matches.
+            old = [hmac.compare_digest(h, stored) for h in presented_old]
+            if not (current or any(old)):
                 return None
             expired = row.expires_at is not None and _parse(row.expires_at) <= now
             if row.revoked_at is not None or expired or row.disabled:
                 return None
-            conn.execute(
-                update(api_keys).where(api_keys.c.id == row.id).values(last_used_at=_iso(now))
-            )
+            values: dict[str, str] = {"last_used_at": _iso(now)}
+            if not current:
+                values["key_hash"] = presented.decode()  # rotation: re-hash under the new pepper
+                self._refresh_unsalted_verifier(conn, str(row.name), str(row.id), key)
+            conn.execute(update(api_keys).where(api_keys.c.id == row.id).values(**values))
             return _principal(row)
+
+    def _refresh_unsalted_verifier(
+        self, conn: Connection, principal: str, key_id: str, key: str
+    ) -> None:
+        """During a rotation, remake a key's pre-0005 verifier (salt unknown) from the key."""
+        conn.execute(
+            update(wire_verifiers)
+            .where(wire_verifiers.c.key_id == key_id, wire_verifiers.c.salt.is_(None))
+            .values(**self._verifier_columns(conn, principal, key))
+        )
 
     def set_wire_password(self, principal: str, password: str | None) -> None:
         """Set (or with ``None`` remove) the principal's admin-set wire password.
@@ -486,13 +513,49 @@ class PrincipalStore:
                         principal=principal,
                         key_id=None,
                         created_at=_iso(_now()),
-                        **self._verifier_columns(principal, password),
+                        **self._verifier_columns(conn, principal, password),
                     )
                 )
 
     def wire_salt(self, principal: str) -> bytes:
         """The SCRAM salt shared by ``principal``'s wire verifiers (also for unknown names)."""
-        return principal_salt(self._pepper, principal)
+        with self._engine.connect() as conn:
+            return self._salt(conn, principal)
+
+    def fill_wire_salts(self) -> int:
+        """Store the salt of verifiers made before salts were stored; return how many are left.
+
+        Their salt was derived from the pepper current when they were made. That is this
+        store's pepper unless a rotation is in progress: then they are left alone (and counted),
+        and such a key logs in over the wire again once it is used over REST or replaced.
+        """
+        with self._engine.begin() as conn:
+            names = (
+                conn.execute(
+                    select(wire_verifiers.c.principal)
+                    .where(wire_verifiers.c.salt.is_(None))
+                    .distinct()
+                )
+                .scalars()
+                .all()
+            )
+            if self._old_peppers:
+                return len(names)
+            for name in names:
+                conn.execute(
+                    update(wire_verifiers)
+                    .where(wire_verifiers.c.principal == name, wire_verifiers.c.salt.is_(None))
+                    .values(salt=principal_salt(self._pepper, name).hex())
+                )
+        return 0
+
+    def _salt(self, conn: Connection, principal: str) -> bytes:
+        stored = conn.execute(
+            select(wire_verifiers.c.salt)
+            .where(wire_verifiers.c.principal == principal, wire_verifiers.c.salt.is_not(None))
+            .limit(1)
+        ).scalar_one_or_none()
+        return bytes.fromhex(stored) if stored else principal_salt(self._pepper, principal)
 
     def wire_verifiers(self, principal: str) -> list[Verifier]:
         """The verifiers that may log ``principal`` in now: active keys and the password.
@@ -519,7 +582,9 @@ class PrincipalStore:
             ).all()
         out = []
         for r in rows:
-            if r.revoked_at is not None or (r.expires_at is not None and _parse(r.expires_at) <= now):
+            if r.revoked_at is not None or (
+                r.expires_at is not None and _parse(r.expires_at) <= now
+            ):
                 continue
             out.append(
                 Verifier(bytes.fromhex(r.stored_key), bytes.fromhex(r.server_key), label=str(r.id))
@@ -540,9 +605,14 @@ class PrincipalStore:
             found = self.get(principal)
         return found
 
-    def _verifier_columns(self, principal: str, password: str) -> dict[str, str]:
-        v = make_verifier(password, salt=principal_salt(self._pepper, principal))
-        return {"stored_key": v.stored_key.hex(), "server_key": v.server_key.hex()}
+    def _verifier_columns(self, conn: Connection, principal: str, password: str) -> dict[str, str]:
+        salt = self._salt(conn, principal)
+        v = make_verifier(password, salt=salt)
+        return {
+            "stored_key": v.stored_key.hex(),
+            "server_key": v.server_key.hex(),
+            "salt": salt.hex(),
+        }
 
     def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; True if it was active until now, False if unknown or already revoked."""
@@ -609,8 +679,8 @@ class PrincipalStore:
     def _get_row(conn: Connection, name: str) -> Row[Any] | None:
         return conn.execute(select(principals).where(principals.c.name == name)).one_or_none()
 
-    def _hash(self, key: str) -> str:
-        return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
+    def _hash(self, key: str, pepper: bytes | None = None) -> str:
+        return hmac.new(pepper or self._pepper, key.encode(), hashlib.sha256).hexdigest()
 
 
 def _principal(row: Any) -> Principal:

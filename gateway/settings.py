@@ -1,8 +1,10 @@
 """One typed ``Settings`` object, read once from the environment (prefix ``PRIVGATE_``) and injected.
 
-Secrets (the bounding salt, the audit MAC key, the API-key pepper) come from the environment or
-from ``<data_dir>/secrets.json``, which is created with mode 0600 on first start when none is set.
-They never appear in the policy file, logs or error messages. See docs/operations.md.
+Secrets (the bounding salt, the audit MAC key, the API-key pepper) come from the environment, from
+a file named by ``PRIVGATE_<NAME>_FILE`` (mode 0600 or stricter), or from
+``<data_dir>/secrets.json``, which is created with mode 0600 on first start when none is set.
+Every other secret-bearing setting (:data:`SECRET_FILE_FIELDS`) may come from a file the same way.
+They never appear in the policy file, logs or error messages. See docs/operations.md#secrets.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,10 +24,58 @@ def demo_policy_path() -> Path:
     return Path(__file__).resolve().parent / "demo_policy.yaml"
 
 
+#: Settings that may hold a secret: each may also be given as ``PRIVGATE_<NAME>_FILE``, the path
+#: of a file only its owner may read (Docker and Kubernetes secrets, systemd credentials).
+SECRET_FILE_FIELDS = (
+    "bounding_salt",
+    "audit_key",
+    "key_pepper",
+    "audit_old_keys",
+    "key_old_peppers",
+    "audit_encryption_key",
+    "metrics_token",
+    "wire_shadow_dsn",
+    "control_db_url",
+)
+
+
+class SecretFileError(ValueError):
+    """A ``PRIVGATE_*_FILE`` setting names a file that cannot be used (the message says why)."""
+
+
+def read_secret_file(path: Path, variable: str) -> str:
+    """The secret in ``path`` without its trailing newline.
+
+    Raises:
+        SecretFileError: the file is missing, not a regular file, empty, or readable or writable
+            by its group or others. The message names the file, never its content.
+    """
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise SecretFileError(
+            f"{variable} names {str(path)!r}, which cannot be read: {exc.strerror}"
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SecretFileError(f"{variable} names {str(path)!r}, which is not a regular file")
+    if info.st_mode & 0o077:
+        raise SecretFileError(
+            f"{variable} names {str(path)!r}, which its group or others may access "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}): run `chmod 600 {path}`"
+        )
+    value = path.read_text(encoding="utf-8").rstrip("\r\n")
+    if not value:
+        raise SecretFileError(f"{variable} names {str(path)!r}, which is empty")
+    return value
+
+
 class Settings(BaseSettings):
     """All of privgate's configuration. Every field is documented in docs/operations.md."""
 
-    model_config = SettingsConfigDict(env_prefix="PRIVGATE_", extra="forbid")
+    # hide_input_in_errors: a validation error must not print the input, which holds secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="PRIVGATE_", extra="forbid", hide_input_in_errors=True
+    )
 
     data_dir: Path = Field(
         default=Path("var"),
@@ -52,6 +103,11 @@ class Settings(BaseSettings):
         default=None, description="MAC key of the audit chain head."
     )
     key_pepper: SecretStr | None = Field(default=None, description="Pepper of the API-key hashes.")
+    key_old_peppers: SecretStr | None = Field(
+        default=None,
+        description="Previous key peppers, comma-separated, during a pepper rotation: keys hashed "
+        "under them still authenticate and are re-hashed under the current pepper on use.",
+    )
 
     # -- audit log (docs/operations.md#audit) ---------------------------------------------------
     audit_old_keys: SecretStr | None = Field(
@@ -187,6 +243,21 @@ class Settings(BaseSettings):
         default=False, description="Rule `burn_rate` quarantines."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name in SECRET_FILE_FIELDS:
+            variable = f"PRIVGATE_{name.upper()}_FILE"
+            path = os.environ.get(variable)
+            if not path:
+                continue
+            if data.get(name) is not None:
+                raise SecretFileError(f"set {variable} or PRIVGATE_{name.upper()}, not both")
+            data = {**data, name: read_secret_file(Path(path), variable)}
+        return data
+
     @model_validator(mode="after")
     def _rejections_fit(self) -> Settings:
         if self.anomaly_rejections_min > self.anomaly_rejections_of_last:
@@ -205,6 +276,14 @@ class Settings(BaseSettings):
         if self.audit_old_keys is None:
             return ()
         given = self.audit_old_keys.get_secret_value().split(",")
+        return tuple(k.strip().encode() for k in given if k.strip())
+
+    @property
+    def resolved_key_old_peppers(self) -> tuple[bytes, ...]:
+        """The previous key peppers, in the order given."""
+        if self.key_old_peppers is None:
+            return ()
+        given = self.key_old_peppers.get_secret_value().split(",")
         return tuple(k.strip().encode() for k in given if k.strip())
 
     @property
