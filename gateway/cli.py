@@ -318,6 +318,51 @@ def audit_export(
     sys.stdout.flush()
 
 
+@audit_app.command("reveal")
+def audit_reveal(
+    audit_id: Annotated[str, typer.Argument(help="The record's audit id (from `audit list`).")],
+) -> None:
+    """Print the full SQL of one record kept in full-text mode (needs the encryption key).
+
+    The reveal itself is audited (action `audit.reveal`), without the text.
+    """
+    from gateway.audit_crypt import SealError
+    from gateway.composition import build_control
+
+    settings = _settings()
+    cipher = settings.sql_cipher()
+    if cipher is None:
+        _err("error: set PRIVGATE_AUDIT_ENCRYPTION_KEY (the key the record was sealed with)")
+        raise typer.Exit(1)
+    with _audit_errors():
+        _, audit, _ = build_control(settings)
+        entry = audit.get(audit_id)
+    if entry is None:
+        _err(f"error: no audit record {audit_id!r}")
+        raise typer.Exit(1)
+    record = entry["record"]
+    sealed = record.get("sql_sealed")
+    if not isinstance(sealed, dict):
+        _err(f"error: record {audit_id} keeps redacted SQL only (written in redacted mode)")
+        raise typer.Exit(1)
+    try:
+        text = cipher.open(sealed, query_id=str(record.get("query_id", "")))
+    except SealError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    audit.append(
+        {
+            "decision": "admin",
+            "action": "audit.reveal",
+            "actor": "cli",
+            "target": audit_id,
+            "door": "cli",
+            "code": "ok",
+        }
+    )
+    typer.echo(text)
+
+
 @audit_app.command("checkpoint")
 def audit_checkpoint() -> None:
     """Seal a checkpoint of the log now and print it as one JSON line (keep it elsewhere)."""

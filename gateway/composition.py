@@ -164,6 +164,7 @@ def build_services(settings: Settings) -> Services:
         # Metrics first (cheap, in memory), then the rules (may write an alert), then the log line.
         listeners=(metrics, anomaly, log_query_record),
         quarantined=principals.is_quarantined,
+        sql_cipher=settings.sql_cipher() if settings.audit_sql_text == "full" else None,
     )
     return Services(
         settings,

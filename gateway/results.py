@@ -19,6 +19,7 @@ What is stored is the released envelope only (noisy values, intervals, metadata)
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +57,7 @@ results = Table(
 
 def replay_key(
     *,
+    secret: bytes,
     principal: str,
     normalized_sql: str,
     dataset: str,
@@ -63,13 +65,18 @@ def replay_key(
     data_version: str,
     epsilon: str,
 ) -> str:
-    """The identity of a released answer."""
+    """The identity of a released answer: keyed, because the SQL it covers holds literals.
+
+    An unkeyed hash of ``normalized_sql`` at rest would let whoever copies the control database
+    test guesses of a literal offline (an SSN has only 10⁹ values); with ``secret`` they cannot.
+    """
     parts = [principal, dataset, policy_version, data_version, epsilon, normalized_sql]
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return hmac.new(secret, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()
 
 
-def request_hash(sql: str, epsilon: str | None) -> str:
-    return hashlib.sha256(f"{epsilon}\x1f{sql}".encode()).hexdigest()
+def request_hash(sql: str, epsilon: str | None, *, secret: bytes) -> str:
+    """Whether a retried query id carries the same request (keyed, like :func:`replay_key`)."""
+    return hmac.new(secret, f"{epsilon}\x1f{sql}".encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

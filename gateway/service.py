@@ -9,6 +9,8 @@ budget spent.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
 import uuid
@@ -22,6 +24,7 @@ from budgets.cost import PrivacyCost, fraction_str, to_fraction
 from budgets.errors import BudgetError
 from budgets.ledger import DuplicateQueryId, SqlLedger
 from gateway.audit import AuditEntry, AuditLog
+from gateway.audit_crypt import SqlCipher
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -117,6 +120,7 @@ class QueryService:
         policy_version: str,
         clock: Callable[[], float] = time.perf_counter,
         quarantined: Callable[[str], bool] = _never_quarantined,
+        sql_cipher: SqlCipher | None = None,
     ) -> None:
         # (catalog, policy_version) swapped as one reference: a request sees one policy throughout.
         self._policy_state = (catalog, policy_version)
@@ -126,8 +130,13 @@ class QueryService:
         self._results = results
         self._listeners = tuple(listeners)
         self._salt = salt.decode()
+        # Keys the stored digests of query text (replay keys, request hashes): one secret less
+        # to manage, and a different purpose string keeps it apart from the bounding hash.
+        self._digest_key = hmac.new(salt, b"privgate-query-digest-v1", hashlib.sha256).digest()
         self._clock = clock
         self._quarantined = quarantined
+        #: Set in full-text audit mode: records also keep the SQL verbatim, sealed (AES-GCM).
+        self._sql_cipher = sql_cipher
 
     @property
     def catalog(self) -> Catalog:
@@ -192,7 +201,7 @@ class QueryService:
     def explain(self, request: QueryRequest, ctx: CallContext) -> dict[str, Any]:
         """What running ``request`` would release and cost; nothing is run or charged."""
         started = self._clock()
-        base = self._base(ctx, uuid.uuid4().hex)
+        base = self._base(ctx, uuid.uuid4().hex, request.sql)
         self._gate(request, ctx, base, started)
         try:
             plan = self.resolve(request, ctx.principal)
@@ -216,7 +225,7 @@ class QueryService:
         the only record the attempt gets); a success leaves no record, the Execute will.
         """
         started = self._clock()
-        base = self._base(ctx, uuid.uuid4().hex)
+        base = self._base(ctx, uuid.uuid4().hex, request.sql)
         self._gate(request, ctx, base, started)
         try:
             return self.resolve(request, ctx.principal)
@@ -226,7 +235,7 @@ class QueryService:
 
     def reject(self, request: QueryRequest, ctx: CallContext, exc: BaseException) -> QueryFailed:
         """Audit a refusal the door made itself (a parameter that does not bind, say)."""
-        base = self._base(ctx, uuid.uuid4().hex)
+        base = self._base(ctx, uuid.uuid4().hex, request.sql)
         _add_shape(base, request.sql)
         return QueryFailed(exc, self._audit_rejection(base, exc, self._clock()))
 
@@ -234,7 +243,7 @@ class QueryService:
         """Answer one query or raise :class:`QueryFailed` (after auditing the rejection)."""
         started = self._clock()
         query_id = request.query_id or uuid.uuid4().hex
-        base = self._base(ctx, query_id)
+        base = self._base(ctx, query_id, request.sql)
         self._gate(request, ctx, base, started)
         plan: QueryPlan | None = None
         claimed = False
@@ -244,7 +253,9 @@ class QueryService:
             claim = self._results.claim(
                 query_id=query_id,
                 principal=ctx.principal.name,
-                req_hash=request_hash(request.sql, fraction_str(plan.cost.epsilon)),
+                req_hash=request_hash(
+                    request.sql, fraction_str(plan.cost.epsilon), secret=self._digest_key
+                ),
             )
             if not claim.fresh:
                 if claim.state == "done" and claim.same_request and claim.envelope is not None:
@@ -350,6 +361,7 @@ class QueryService:
 
     def _replay_key(self, plan: QueryPlan, ctx: CallContext) -> str:
         return replay_key(
+            secret=self._digest_key,
             principal=ctx.principal.name,
             normalized_sql=plan.normalized_sql,
             dataset=plan.dataset,
@@ -409,8 +421,8 @@ class QueryService:
                 log.exception("audit listener failed")
         return entry
 
-    def _base(self, ctx: CallContext, query_id: str) -> dict[str, Any]:
-        return {
+    def _base(self, ctx: CallContext, query_id: str, sql: str) -> dict[str, Any]:
+        base: dict[str, Any] = {
             "query_id": query_id,
             "request_id": ctx.request_id,
             "principal": ctx.principal.name,
@@ -419,6 +431,10 @@ class QueryService:
             "policy_version": self.policy_version,
             "data_version": self._warehouse.data_version(),
         }
+        if self._sql_cipher is not None:
+            # Full-text mode: the analyst's SQL verbatim, sealed under the record's query id.
+            base["sql_sealed"] = self._sql_cipher.seal(sql, query_id=query_id)
+        return base
 
     def _budget_view(self, principal: Principal, dataset: str) -> BudgetView:
         ds = self.catalog.datasets[dataset]

@@ -14,10 +14,13 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from gateway.audit_crypt import SqlCipher
 
 
 def demo_policy_path() -> Path:
@@ -33,6 +36,7 @@ SECRET_FILE_FIELDS = (
     "audit_old_keys",
     "key_old_peppers",
     "audit_encryption_key",
+    "audit_encryption_old_keys",
     "metrics_token",
     "wire_shadow_dsn",
     "control_db_url",
@@ -114,6 +118,19 @@ class Settings(BaseSettings):
         default=None,
         description="Previous audit keys, comma-separated: what they sealed still verifies after "
         "a key rotation; nothing new is sealed with them.",
+    )
+    audit_sql_text: Literal["redacted", "full"] = Field(
+        default="redacted",
+        description="What audit records keep of the analyst's SQL: the literal-redacted text "
+        "only, or also the full text, sealed with AES-256-GCM (needs audit_encryption_key).",
+    )
+    audit_encryption_key: SecretStr | None = Field(
+        default=None, description="Key sealing full SQL text in audit records (>= 16 bytes)."
+    )
+    audit_encryption_old_keys: SecretStr | None = Field(
+        default=None,
+        description="Previous audit encryption keys, comma-separated: what they sealed can still "
+        "be revealed; nothing new is sealed with them.",
     )
     audit_checkpoint_every: int = Field(
         default=1000, ge=1, description="Seal an audit checkpoint every this many records."
@@ -263,6 +280,37 @@ class Settings(BaseSettings):
         if self.anomaly_rejections_min > self.anomaly_rejections_of_last:
             raise ValueError("anomaly_rejections_min cannot exceed anomaly_rejections_of_last")
         return self
+
+    @model_validator(mode="after")
+    def _full_text_is_sealed(self) -> Settings:
+        if self.audit_sql_text == "full" and self.audit_encryption_key is None:
+            raise ValueError(
+                "PRIVGATE_AUDIT_SQL_TEXT=full keeps the analyst's literals and needs "
+                "PRIVGATE_AUDIT_ENCRYPTION_KEY (or _FILE) to seal them"
+            )
+        return self
+
+    @property
+    def resolved_audit_encryption_old_keys(self) -> tuple[bytes, ...]:
+        if self.audit_encryption_old_keys is None:
+            return ()
+        given = self.audit_encryption_old_keys.get_secret_value().split(",")
+        return tuple(k.strip().encode() for k in given if k.strip())
+
+    def sql_cipher(self) -> SqlCipher | None:
+        """The cipher for full SQL text; ``None`` when audit records keep redacted text only.
+
+        An encryption key without full-text mode still builds one, so that `privgate audit
+        reveal` can open what an earlier full-text period sealed.
+        """
+        if self.audit_encryption_key is None:
+            return None
+        from gateway.audit_crypt import SqlCipher
+
+        return SqlCipher(
+            self.audit_encryption_key.get_secret_value().encode(),
+            self.resolved_audit_encryption_old_keys,
+        )
 
     @property
     def resolved_reconcile_grace_s(self) -> float:

@@ -64,6 +64,14 @@ unix_socket_permissions = 0700
 max_connections = 100
 shared_buffers = '16MB'
 password_encryption = 'scram-sha-256'
+# server.log lives in data_dir: it must not keep the analysts' catalog statements or the errors
+# they raise (both can quote literals). LOG, FATAL and PANIC lines (start-up, crashes) stay.
+log_statement = 'none'
+log_min_error_statement = panic
+log_min_duration_statement = -1
+log_min_messages = log
+log_connections = off
+log_disconnections = off
 """
 _HBA_CONF = """\
 # Written by privgate: the superuser by peer credentials, everyone else by SCRAM password.
@@ -88,7 +96,9 @@ def find_bindir() -> Path | None:
 
     def version(path: Path) -> tuple[int, ...]:
         name = path.parent.name
-        return tuple(int(part) for part in name.split(".")) if name.replace(".", "").isdigit() else ()
+        return (
+            tuple(int(part) for part in name.split(".")) if name.replace(".", "").isdigit() else ()
+        )
 
     candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version, reverse=True)
     on_path = shutil.which("pg_ctl")
@@ -122,7 +132,9 @@ def _server_account(run_as: str | None) -> _Account | None:
             continue
         if entry.pw_uid != 0:
             if name == "nobody":
-                log.warning("running the embedded PostgreSQL as 'nobody'; pass run_as= a dedicated account")
+                log.warning(
+                    "running the embedded PostgreSQL as 'nobody'; pass run_as= a dedicated account"
+                )
             return _Account(name, entry.pw_uid, entry.pw_gid)
     raise ShadowError(
         "the embedded PostgreSQL cannot run as root and no unprivileged account "
@@ -146,7 +158,9 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Start the server (``initdb`` on first use) unless it runs; return an admin DSN."""
         if os.name != "posix":
-            raise ShadowError("the embedded PostgreSQL needs a POSIX system; configure a shadow server")
+            raise ShadowError(
+                "the embedded PostgreSQL needs a POSIX system; configure a shadow server"
+            )
         bindir = self._bindir or find_bindir()
         if bindir is None:
             raise ShadowError(
@@ -167,7 +181,11 @@ class EmbeddedPostgres:
                     bindir, account, "start", "-w", "-t", "60", "-l", str(self._log)
                 )
                 if result.returncode != 0:
-                    log.error("embedded PostgreSQL failed to start:\n%s\n%s", result.stderr, self._log_tail())
+                    log.error(
+                        "embedded PostgreSQL failed to start:\n%s\n%s",
+                        result.stderr,
+                        self._log_tail(),
+                    )
                     raise ShadowError(f"the embedded PostgreSQL did not start (see {self._log})")
             dsn = self._dsn()
             self._lock_down(dsn)
@@ -183,7 +201,9 @@ class EmbeddedPostgres:
             if self._pg_ctl(bindir, account, "status").returncode == 0:
                 result = self._pg_ctl(bindir, account, "stop", "-w", "-t", "60", "-m", "fast")
                 if result.returncode != 0:
-                    raise ShadowError(f"the embedded PostgreSQL did not stop: {result.stderr.strip()}")
+                    raise ShadowError(
+                        f"the embedded PostgreSQL did not stop: {result.stderr.strip()}"
+                    )
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -200,9 +220,7 @@ class EmbeddedPostgres:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _run(
-        self, argv: list[str], account: _Account | None
-    ) -> subprocess.CompletedProcess[str]:
+    def _run(self, argv: list[str], account: _Account | None) -> subprocess.CompletedProcess[str]:
         # A clean environment: PGDATA, PGPORT and friends must not steer the server.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C"}
         # Files, not pipes: the postmaster that pg_ctl leaves behind would hold a pipe open forever.
@@ -223,7 +241,9 @@ class EmbeddedPostgres:
                     extra_groups=None if account is None else [],
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
-                raise ShadowError(f"the embedded PostgreSQL could not run {Path(argv[0]).name}") from exc
+                raise ShadowError(
+                    f"the embedded PostgreSQL could not run {Path(argv[0]).name}"
+                ) from exc
             out.seek(0)
             err.seek(0)
             return subprocess.CompletedProcess(argv, done.returncode, out.read(), err.read())
@@ -235,7 +255,9 @@ class EmbeddedPostgres:
 
     def _check_reachable(self, account: _Account, bindir: Path) -> None:
         probe = 'cd "$1" && test -x "$2/postgres" && test -x "$2/initdb"'
-        result = self._run(["/bin/sh", "-c", probe, "sh", str(self._data_dir), str(bindir)], account)
+        result = self._run(
+            ["/bin/sh", "-c", probe, "sh", str(self._data_dir), str(bindir)], account
+        )
         if result.returncode != 0:
             raise ShadowError(
                 f"the embedded PostgreSQL runs as {account.name!r} (PostgreSQL refuses root), "
@@ -305,7 +327,9 @@ class EmbeddedPostgres:
     def _lock_down(self, dsn: str) -> None:
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as admin:
-                admin.execute("REVOKE CONNECT, TEMPORARY ON DATABASE postgres, template1 FROM PUBLIC")
+                admin.execute(
+                    "REVOKE CONNECT, TEMPORARY ON DATABASE postgres, template1 FROM PUBLIC"
+                )
         except psycopg.Error as exc:
             log.error("cannot reach the embedded PostgreSQL: %s\n%s", exc, self._log_tail())
             raise ShadowError("the embedded PostgreSQL is unreachable") from exc

@@ -82,6 +82,14 @@ PG_TYPES: dict[str, str] = {
 LAYOUT_VERSION = 1
 CONNECTION_LIMIT = 64
 IDLE_IN_TRANSACTION_MS = 60_000
+#: Per-role log settings of the reader: no statement text, no client errors (they quote literals).
+#: ``log_min_messages = log`` keeps LOG/FATAL/PANIC and drops ERROR and WARNING.
+QUIET_LOGGING = {
+    "log_statement": "none",
+    "log_min_error_statement": "panic",
+    "log_min_duration_statement": "-1",
+    "log_min_messages": "log",
+}
 CONNECT_TIMEOUT_S = 5
 
 #: ``pg_proc.proname`` LIKE patterns whose EXECUTE is revoked from PUBLIC in every shadow.
@@ -230,6 +238,7 @@ class Shadow:
         self._admin_dsn = admin_dsn
         self._admin_params = conninfo_to_dict(admin_dsn)
         self._timeout_ms = statement_timeout_ms
+        self._warned_logging = False
         self._prefix = prefix
         self._key = hashlib.sha256(b"privgate-shadow-reader\0" + admin_dsn.encode()).digest()
         self._lock = threading.Lock()
@@ -342,7 +351,9 @@ class Shadow:
             "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
             " CONNECTION LIMIT {} PASSWORD {}"
         ).format(sql.Literal(CONNECTION_LIMIT), sql.Literal(scram_verifier(target.password)))
-        exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [target.role]).fetchone()
+        exists = admin.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s", [target.role]
+        ).fetchone()
         verb = "ALTER ROLE {} WITH " if exists else "CREATE ROLE {} WITH "
         admin.execute(sql.SQL(verb).format(role) + attributes)
         defaults = {
@@ -357,6 +368,25 @@ class Shadow:
                     role, sql.Identifier(name), sql.Literal(value)
                 )
             )
+        # The reader's statements are the analysts' catalog queries, whose literals must not land
+        # in the shadow server's log (docs/operations.md#what-is-kept-at-rest). These parameters
+        # need a superuser admin role; with a lesser one the server's own settings apply.
+        for name, value in QUIET_LOGGING.items():
+            try:
+                admin.execute(
+                    sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                        role, sql.Identifier(name), sql.Literal(value)
+                    )
+                )
+            except psycopg.errors.InsufficientPrivilege:
+                if not self._warned_logging:
+                    log.warning(
+                        "the shadow admin role may not set %s for the reader role: the shadow "
+                        "server's log settings decide whether failing catalog statements are "
+                        "logged with their literals",
+                        name,
+                    )
+                    self._warned_logging = True
 
     def _create(
         self, admin: psycopg.Connection[Any], target: _Target, tables: Sequence[ShadowTable]
@@ -426,9 +456,7 @@ class Shadow:
         self, conn: psycopg.Connection[Any], target: _Target, tables: Sequence[ShadowTable]
     ) -> None:
         """Fail closed unless the database is exactly ``tables``, empty, and the role is harmless."""
-        expected = sorted(
-            (t.name, c.name, PG_TYPES[c.pg_type]) for t in tables for c in t.columns
-        )
+        expected = sorted((t.name, c.name, PG_TYPES[c.pg_type]) for t in tables for c in t.columns)
         actual_columns = conn.execute(
             "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod)"
             " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
