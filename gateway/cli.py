@@ -207,6 +207,43 @@ def policy_validate(file: Annotated[Path, typer.Argument(help="Policy YAML file.
     )
 
 
+@policy_app.command("suggest")
+def policy_suggest(
+    warehouse: Annotated[
+        str, typer.Option(help="A DuckDB file, duckdb:///PATH or postgresql://USER@HOST/DB.")
+    ],
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset name (default: file stem or database).")
+    ] = None,
+    unit: Annotated[
+        str | None, typer.Option(help="The privacy unit column (default: guessed).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the draft here (never overwrites).")
+    ] = None,
+) -> None:
+    """Draft a policy from the warehouse schema: conservative, with a TODO on each guess.
+
+    Reads column types and, per table, one aggregate query (row and distinct counts, min/max of
+    numeric columns: drafted bounds come from the data and must be confirmed).
+    """
+    from gateway.policy_suggest import suggest
+
+    if out is not None and out.exists():
+        _err(f"error: {out} exists; choose another --out")
+        raise typer.Exit(1)
+    try:
+        draft = suggest(warehouse, dataset=dataset, unit=unit)
+    except (ValueError, OSError) as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    if out is None:
+        typer.echo(draft, nl=False)
+    else:
+        out.write_text(draft)
+        _err(f"{out}: draft written; confirm every TODO, then run: privgate policy validate {out}")
+
+
 # -- audit ---------------------------------------------------------------------------------------
 
 PrincipalFilter = Annotated[str | None, typer.Option(help="Only records of this principal.")]
