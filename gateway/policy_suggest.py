@@ -27,72 +27,43 @@ from typing import Any
 from rewriter.catalog import LogicalType, logical_type
 from rewriter.policy import ColumnClass, DatasetBudget, Defaults
 
-UNIT_NAMES = (
-    "patient_id",
-    "person_id",
-    "user_id",
-    "customer_id",
-    "member_id",
-    "client_id",
-    "subject_id",
-    "participant_id",
-    "individual_id",
-    "employee_id",
-    "student_id",
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+UNIT_NAMES = tuple(
+    f"{who}_id"
+    for who in _words(
+        "patient person user customer member client subject participant individual employee student"
+    )
 )
 """Column names that usually identify the person protected, in order of preference."""
 
-# Name tokens of direct identifiers: always blocked, whatever the type.
+# Name tokens of direct identifiers (and secrets, and locations): blocked, whatever the type.
 _DIRECT = frozenset(
-    {
-        "ssn",
-        "sin",
-        "nino",
-        "passport",
-        "email",
-        "mail",
-        "phone",
-        "mobile",
-        "fax",
-        "telephone",
-        "name",
-        "firstname",
-        "lastname",
-        "surname",
-        "fullname",
-        "address",
-        "street",
-        "ip",
-        "iban",
-        "mrn",
-        "dob",
-        "birthdate",
-        "password",
-        "secret",
-        "token",
-        "card",
-        "license",
-        "licence",
-        "plate",
-        "vin",
-        "lat",
-        "latitude",
-        "lon",
-        "lng",
-        "longitude",
-        "geo",
-        "location",
-    }
+    _words(
+        "ssn sin nino passport email mail phone mobile fax telephone name firstname lastname "
+        "surname fullname address street ip iban mrn dob birthdate password secret token card "
+        "license licence plate vin lat latitude lon lng longitude geo location"
+    )
 )
 # Name tokens of free text, which can hold anything: blocked.
 _FREE_TEXT = frozenset(
-    {"note", "notes", "comment", "comments", "remark", "remarks", "text", "body"}
+    _words(
+        "note notes comment comments remark remarks text body message description memo narrative "
+        "freetext"
+    )
 )
-_FREE_TEXT |= {"message", "description", "memo", "narrative", "freetext"}
 # Integer columns that are codes or calendar parts rather than quantities: dimensions.
-_CODE = frozenset({"year", "month", "day", "week", "quarter", "zip", "zip3", "zip5", "postcode"})
-_CODE |= {"code", "type", "kind", "category", "status", "level", "floor", "grade", "rank", "flag"}
-_CODE |= {"weekday", "hour", "decade", "region", "class", "tier"}
+_CODE = frozenset(
+    _words(
+        "year month day week weekday quarter hour decade zip zip3 zip5 postcode code type kind "
+        "category status level floor grade rank flag region class tier"
+    )
+)
+
+_KEYS = frozenset(_words("id uuid guid key"))
 
 LOW_CARDINALITY = 10
 """An integer column with at most this many distinct values is drafted as a dimension."""
@@ -190,7 +161,7 @@ def classify_column(col: ColumnFacts, *, unit: str) -> Suggestion:
         return Suggestion(ColumnClass.IDENTIFIER, "the privacy unit")
     if words & _DIRECT or "".join(tokens) in _DIRECT or _is_birth_date(tokens):
         return Suggestion(ColumnClass.BLOCKED, "looks like a direct identifier")
-    if tokens and tokens[-1] in {"id", "uuid", "guid", "key"}:
+    if tokens and tokens[-1] in _KEYS:
         return Suggestion(ColumnClass.IDENTIFIER, "looks like an identifier: never output")
     if words & _FREE_TEXT:
         return Suggestion(ColumnClass.BLOCKED, "looks like free text")
@@ -236,11 +207,13 @@ def find_unit(tables: Mapping[str, Sequence[ColumnFacts]]) -> str | None:
 
 
 def _looks_personal(cols: Sequence[ColumnFacts]) -> list[str]:
-    """Columns of a unit-less table that suggest data about people."""
+    """Columns of a unit-less table whose names suggest data about people: direct identifiers
+    and keys (``doctor_id`` may well be a person)."""
     out = []
     for c in cols:
         tokens = name_tokens(c.name)
-        if set(tokens) & _DIRECT or c.name in UNIT_NAMES or _is_birth_date(tokens):
+        direct = set(tokens) & _DIRECT or "".join(tokens) in _DIRECT or _is_birth_date(tokens)
+        if direct or (tokens and tokens[-1] in _KEYS):
             out.append(c.name)
     return out
 
@@ -297,7 +270,8 @@ def render_draft(
         f"# Drafted by `privgate policy suggest` from {source}.",
         "# A draft, not a policy: confirm every TODO, then run `privgate policy validate FILE`.",
         "# Conservative by design: a column it could not place is blocked; a table without the",
-        "# privacy unit that looks personal is left out (invisible). Undeclared columns are blocked.",
+        "# privacy unit that may be about people is left out (invisible). Undeclared columns are",
+        "# blocked.",
         "datasets:",
         f"  {yaml_key(dataset)}:",
         _line(f"    privacy_unit: {yaml_key(unit)}", "TODO confirm: the person we protect"),
@@ -316,8 +290,9 @@ def render_draft(
             personal = _looks_personal(cols)
             if personal:
                 out.append(
-                    f"      # TODO {key}: left out (invisible): it has no {unit} column but looks "
-                    f"personal ({', '.join(personal)})"
+                    f"      # TODO {key}: left out (invisible): no {unit} column, and "
+                    f"{', '.join(personal)} may identify people; declare it public: true only "
+                    "if it is about no one"
                 )
             else:
                 note = f"TODO confirm: no {unit} column; public means no protection at all"

@@ -91,12 +91,13 @@ def test_unitless_tables_are_public_only_when_they_look_impersonal() -> None:
     tables = {
         "visits": [ColumnFacts("user_id", "INTEGER"), ColumnFacts("no", "INTEGER", 5, 5, 1, 5)],
         "regions": [ColumnFacts("region", "VARCHAR", 5, 5)],
-        "staff": [ColumnFacts("staff_id", "INTEGER"), ColumnFacts("email", "VARCHAR")],
+        "staff": [ColumnFacts("staff_name", "VARCHAR"), ColumnFacts("hired", "DATE")],
+        "doctors": [ColumnFacts("doctor_id", "INTEGER"), ColumnFacts("specialty", "VARCHAR")],
     }
     data = yaml.safe_load(render_draft(tables, dataset="on", unit="user_id", source="s"))
     t = data["datasets"]["on"]["tables"]  # "on" and "no" were quoted, or YAML reads booleans
     assert t["regions"] == {"public": True}
-    assert "staff" not in t  # left out: invisible, the fail-closed default
+    assert "staff" not in t and "doctors" not in t  # left out: invisible, the fail-closed default
     assert t["visits"]["columns"] == {"user_id": "identifier", "no": {"class": "dimension"}}
 
 
