@@ -35,14 +35,23 @@ class ColumnClass(StrEnum):
 class ColumnPolicy(_Strict):
     """One column's class and, where the class needs them, its bounds or public domain."""
 
-    class_: ColumnClass = Field(alias="class")
+    class_: ColumnClass = Field(
+        alias="class", description="How the column may be used (see the column classes)."
+    )
     values: tuple[Scalar, ...] | None = Field(
-        default=None, description="Public domain of a dimension: released in full, zero-filled."
+        default=None,
+        description="Dimensions only. The public domain, which is released in full and "
+        "zero-filled.",
     )
     bounds: tuple[float, float] | None = Field(
-        default=None, description="Clamping bounds [low, high] of a measure."
+        default=None,
+        description="Measures only, and required for them. Clamping bounds [low, high]; they set "
+        "the noise scale.",
     )
-    mask: Literal["hash", "redact", "truncate", "generalize"] | None = None
+    mask: Literal["hash", "redact", "truncate", "generalize"] | None = Field(
+        default=None,
+        description="Masked columns only, and required for them. Masked output is planned.",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -86,8 +95,16 @@ def _column_from_shorthand(value: Any) -> Any:
 class TablePolicy(_Strict):
     """A table of a dataset: public (no protection) or protected with declared columns."""
 
-    public: bool = False
-    columns: dict[str, Annotated[ColumnPolicy, Field()]] = Field(default_factory=dict)
+    public: bool = Field(
+        default=False,
+        description="Reference data about no one. Every column is treated as class `public`, "
+        "queries run as written, nothing is charged.",
+    )
+    columns: dict[str, Annotated[ColumnPolicy, Field()]] = Field(
+        default_factory=dict,
+        description="Column classes. The string shorthand `ssn: blocked` means "
+        "`{class: blocked}`. Undeclared columns of a protected table are blocked.",
+    )
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -100,16 +117,46 @@ class TablePolicy(_Strict):
 class Defaults(_Strict):
     """Per-query defaults of a dataset."""
 
-    epsilon: float = Field(default=0.5, gt=0, le=100)
-    delta: float = Field(default=1e-7, ge=0, lt=1e-2)
-    min_group_size: int = Field(default=10, ge=1)
-    max_rows_per_unit: int = Field(default=5, ge=1, le=10_000)
+    epsilon: float = Field(
+        default=0.5, gt=0, le=100, description="ε of a query that does not ask for its own."
+    )
+    delta: float = Field(
+        default=1e-7,
+        ge=0,
+        lt=1e-2,
+        description="δ charged by queries that release non-public group keys (threshold). "
+        "Queries without a threshold charge δ = 0.",
+    )
+    min_group_size: int = Field(
+        default=10,
+        ge=1,
+        description="Floor on the release threshold τ. It is compared with noisy counts, never "
+        "exact ones.",
+    )
+    max_rows_per_unit: int = Field(
+        default=5,
+        ge=1,
+        le=10_000,
+        description="K: rows one unit may contribute to a query (per protected table), after "
+        "WHERE.",
+    )
 
 
 class BudgetLimit(_Strict):
+    """A budget limit: the ε and δ a scope may spend (optionally per rolling window)."""
+
     # The ledger stores epsilon in units of 1e-12 in a BIGINT: 1e6 leaves ample headroom.
-    epsilon: float = Field(gt=0, le=1_000_000)
-    delta: float = Field(default=0.0, ge=0, lt=1)
+    epsilon: float = Field(
+        gt=0,
+        le=1_000_000,
+        description="ε limit. The cap keeps ledger units (10⁻¹²) inside a BIGINT.",
+    )
+    delta: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="δ limit. With 0, every query that charges δ (a threshold) is refused.",
+    )
     window: str | None = Field(
         default=None,
         description="Rolling window such as '30d' or '12h' (per_principal only): charges older "
@@ -143,13 +190,27 @@ def window_seconds(text: str) -> int:
 
 
 class QueryMax(_Strict):
-    epsilon: float = Field(gt=0)
+    """The most one query may ask for."""
+
+    epsilon: float = Field(gt=0, description="The largest ε of one query.")
 
 
 class DatasetBudget(_Strict):
-    per_principal: BudgetLimit = Field(default_factory=lambda: BudgetLimit(epsilon=10, delta=1e-5))
-    total: BudgetLimit | None = None
-    per_query_max: QueryMax | None = None
+    """A dataset's budget scopes. The limits seed the ledger; the stored limit wins after."""
+
+    per_principal: BudgetLimit = Field(
+        default_factory=lambda: BudgetLimit(epsilon=10, delta=1e-5),
+        description="What one principal may spend on the dataset in total (or per window).",
+    )
+    total: BudgetLimit | None = Field(
+        default=None,
+        description="A cap across all principals (against collusion). It cannot have a window.",
+    )
+    per_query_max: QueryMax | None = Field(
+        default=None,
+        description="The largest ε one query may ask for. Larger requests are rejected with "
+        "`budget.query_max`.",
+    )
 
     @model_validator(mode="after")
     def _total_has_no_window(self) -> DatasetBudget:
@@ -162,10 +223,13 @@ class DatasetBudget(_Strict):
 class DatasetPolicy(_Strict):
     """A dataset: the unit we protect, its defaults, its budget and its tables."""
 
-    privacy_unit: str = Field(min_length=1)
-    defaults: Defaults = Field(default_factory=Defaults)
-    budget: DatasetBudget = Field(default_factory=DatasetBudget)
-    tables: dict[str, TablePolicy]
+    privacy_unit: str = Field(
+        min_length=1,
+        description="The column that identifies the person protected (user-level DP).",
+    )
+    defaults: Defaults = Field(default_factory=Defaults, description="Per-query parameters.")
+    budget: DatasetBudget = Field(default_factory=DatasetBudget, description="Budget scopes.")
+    tables: dict[str, TablePolicy] = Field(description="The dataset's tables.")
 
     @model_validator(mode="after")
     def _unit_is_identifier(self) -> DatasetPolicy:
@@ -192,15 +256,25 @@ class Role(StrEnum):
 
 
 class PrincipalPolicy(_Strict):
-    role: Role
-    datasets: tuple[str, ...] = ()
+    """A bootstrap principal: inserted if missing from the control database, never updated."""
+
+    role: Role = Field(
+        description="`admin` may call `/v1/admin/*`. Querying still needs dataset grants."
+    )
+    datasets: tuple[str, ...] = Field(
+        default=(),
+        description="Datasets the principal may query. Tables of other datasets look like "
+        "missing tables (`catalog.unknown_table`).",
+    )
 
 
 class Policy(_Strict):
     """The whole policy file."""
 
-    datasets: dict[str, DatasetPolicy]
-    principals: dict[str, PrincipalPolicy] = Field(default_factory=dict)
+    datasets: dict[str, DatasetPolicy] = Field(description="The protected datasets.")
+    principals: dict[str, PrincipalPolicy] = Field(
+        default_factory=dict, description="Bootstrap principals."
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Policy:
