@@ -172,7 +172,7 @@ def classify_column(col: ColumnFacts, *, unit: str) -> Suggestion:
             return Suggestion(ColumnClass.BLOCKED, "nearly unique text: looks like an identifier")
         return Suggestion(ColumnClass.DIMENSION, _DIMENSION_TODO)
     if kind is LogicalType.INTEGER and (
-        words & _CODE or (col.distinct is not None and col.distinct <= LOW_CARDINALITY)
+        words & _CODE or (col.distinct is not None and 0 < col.distinct <= LOW_CARDINALITY)
     ):
         return Suggestion(
             ColumnClass.DIMENSION, "TODO confirm: a code or few values, so a dimension"
@@ -457,10 +457,14 @@ def suggest(url: str, *, dataset: str | None = None, unit: str | None = None) ->
         tables,
         dataset=dataset or default_dataset(url),
         unit=unit or find_unit(tables),
-        source=_redacted(url),
+        source=redact_url(url),
     )
 
 
-def _redacted(url: str) -> str:
-    # The source line goes into the file: never a password.
+def redact_url(url: str) -> str:
+    """The URL without its password: the draft names its source, never a secret.
+
+    >>> redact_url("postgresql://u:pw@h/db")
+    'postgresql://u:***@h/db'
+    """
     return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)

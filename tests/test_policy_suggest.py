@@ -14,6 +14,7 @@ from gateway.policy_suggest import (
     ColumnFacts,
     classify_column,
     find_unit,
+    redact_url,
     render_draft,
 )
 from gateway.warehouse import DuckDBWarehouse
@@ -56,6 +57,7 @@ BLK, IDN, DIM, MEA = (
         (ColumnFacts("cost", "DECIMAL(18,2)", 100, 90, 0.5, 4873.25), MEA),
         (ColumnFacts("amount", "double precision", 100, 90, -12.0, 30.0), MEA),
         (ColumnFacts("amount", "numeric", 100, 0, None, None), BLK),  # all NULL: no bounds
+        (ColumnFacts("visits", "INTEGER", 0, 0, None, None), BLK),  # empty: not "few values"
         (ColumnFacts("tags", "VARCHAR[]", 100, None), BLK),
         (ColumnFacts("payload", "jsonb", 100, None), BLK),
         (ColumnFacts("mood", "USER-DEFINED", 100, None), BLK),
@@ -214,6 +216,11 @@ def test_postgresql_draft_validates_and_is_sensible(tmp_path: Path, pg_database:
     assert ds["tables"]["countries"] == {"public": True}
     assert BOUNDS_TODO in out.read_text()
     _validate(out)
+
+
+def test_the_source_line_never_holds_a_password() -> None:
+    assert redact_url("postgresql://u:s3cret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
 
 
 def test_postgresql_errors_never_echo_the_password() -> None:
