@@ -241,8 +241,13 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+def _comment(text: str) -> str:
+    # Names come from the warehouse: a control character must not end the comment early.
+    return re.sub(r"[\x00-\x1f\x7f\u2028\u2029\x85]", " ", text)
+
+
 def _line(text: str, note: str) -> str:
-    return f"{text:<42}  # {note}" if note else text
+    return f"{text:<42}  # {_comment(note)}" if note else text
 
 
 def render_draft(
@@ -267,7 +272,7 @@ def render_draft(
     d = Defaults()
     b = DatasetBudget().per_principal
     out = [
-        f"# Drafted by `privgate policy suggest` from {source}.",
+        _comment(f"# Drafted by `privgate policy suggest` from {source}."),
         "# A draft, not a policy: confirm every TODO, then run `privgate policy validate FILE`.",
         "# Conservative by design: a column it could not place is blocked; a table without the",
         "# privacy unit that may be about people is left out (invisible). Undeclared columns are",
@@ -289,13 +294,16 @@ def render_draft(
         if not any(c.name == unit for c in cols):
             personal = _looks_personal(cols)
             if personal:
+                names = ", ".join(yaml_key(n) for n in personal)
                 out.append(
-                    f"      # TODO {key}: left out (invisible): no {unit} column, and "
-                    f"{', '.join(personal)} may identify people; declare it public: true only "
-                    "if it is about no one"
+                    f"      # TODO {key}: left out (invisible): no {yaml_key(unit)} column, and "
+                    f"{names} may identify people; declare it public: true only if it is "
+                    "about no one"
                 )
             else:
-                note = f"TODO confirm: no {unit} column; public means no protection at all"
+                note = (
+                    f"TODO confirm: no {yaml_key(unit)} column; public means no protection at all"
+                )
                 out.append(_line(f"      {key}: {{public: true}}", note))
             continue
         out += [f"      {key}:", "        columns:"]

@@ -103,6 +103,18 @@ def test_unitless_tables_are_public_only_when_they_look_impersonal() -> None:
     assert t["visits"]["columns"] == {"user_id": "identifier", "no": {"class": "dimension"}}
 
 
+def test_names_cannot_break_out_of_comments() -> None:
+    evil = "x\nfoo: {public: true}\n#"
+    tables = {
+        "t": [ColumnFacts("user_id", "INTEGER"), ColumnFacts(evil, "STRUCT(a INT)")],
+        "u": [ColumnFacts(f"{evil}_id", "INTEGER")],
+    }
+    data = yaml.safe_load(render_draft(tables, dataset="d", unit="user_id", source=evil))
+    assert data["datasets"]["d"]["tables"] == {
+        "t": {"columns": {"user_id": "identifier", evil: "blocked"}}
+    }
+
+
 def _suggest(tmp_path: Path, warehouse: str, *args: str) -> tuple[Path, dict[str, Any]]:
     out = tmp_path / "draft.yaml"
     result = privgate("policy", "suggest", "--warehouse", warehouse, "--out", str(out), *args)
