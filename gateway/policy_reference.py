@@ -149,14 +149,20 @@ _BOUNDS = (
 
 
 def constraint_text(field: FieldInfo) -> str:
-    """A field's numeric and length constraints, e.g. ``> 0, ≤ 100``."""
+    """A field's numeric and length constraints, e.g. ``> 0, ≤ 100``.
+
+    Raises:
+        TypeError: a constraint this function cannot word (extend it, or the reference lies).
+    """
     out = []
     for meta in field.metadata:
-        for kind, form in _BOUNDS:
-            if isinstance(meta, kind):
-                out.append(form.format(_number(getattr(meta, kind.__name__.lower()))))
-        if isinstance(meta, annotated_types.MinLen):
+        form = next((f for kind, f in _BOUNDS if isinstance(meta, kind)), None)
+        if form is not None:
+            out.append(form.format(_number(getattr(meta, type(meta).__name__.lower()))))
+        elif isinstance(meta, annotated_types.MinLen):
             out.append(f"min length {meta.min_length}")
+        else:
+            raise TypeError(f"no wording for the constraint {meta!r}: extend constraint_text")
     return ", ".join(out)
 
 

@@ -75,6 +75,16 @@ def test_a_field_without_description_is_refused() -> None:
         render_model(Bare)
 
 
+def test_an_unknown_constraint_is_refused() -> None:
+    from pydantic import Field
+
+    class Odd(BaseModel):
+        x: str = Field(default="", max_length=3, description="d")
+
+    with pytest.raises(TypeError, match="no wording for the constraint"):
+        render_model(Odd)
+
+
 def test_the_reference_shows_names_types_defaults_and_constraints() -> None:
     text = render()
     assert "| `class` | `identifier` \\| `blocked` \\|" in text  # the alias, not class_
