@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from budgets.cost import PrivacyCost
-from gateway.admin_ops import AdminOps, Amount, PolicyInvalid
+from gateway.admin_ops import AdminInvalid, AdminOps, Amount, PolicyInvalid
 from gateway.auth import Admin, services_of
 from gateway.composition import Services
 from gateway.governance import governance_report, retention_settings
@@ -268,3 +268,37 @@ def reload_policy(admin: Admin, services: Svc) -> dict[str, Any]:
             }
     ops.record("policy.reload", str(services.settings.resolved_policy_path), "policy.invalid_file")
     raise PolicyInvalid(f"the policy file is invalid; version {previous} keeps serving", problems)
+
+
+def _snapshot_status(services: Services) -> dict[str, Any]:
+    current = services.warehouse.snapshot
+    rebuilds = services.rebuilds
+    return {
+        "enabled": services.settings.bounded_snapshots,
+        "serving": None if current is None else current.as_json(),
+        "bounding": "snapshot" if current is not None else "per-query",
+        "stale": services.settings.bounded_snapshots and services.snapshot_stale(),
+        "rebuilding": rebuilds.running,
+        "progress": rebuilds.last_progress,
+        "last_error": rebuilds.last_error,
+    }
+
+
+@router.get("/snapshot", summary="The bounded snapshot serving now, and any rebuild (admin)")
+def snapshot_status(admin: Admin, services: Svc) -> dict[str, Any]:
+    return _snapshot_status(services)
+
+
+@router.post(
+    "/snapshot/rebuild",
+    status_code=202,
+    summary="Rebuild the bounded snapshot in the background; the current one serves meanwhile",
+)
+def snapshot_rebuild(admin: Admin, services: Svc) -> dict[str, Any]:
+    if not services.settings.bounded_snapshots:
+        raise AdminInvalid(
+            "bounded snapshots are off", hint="Set PRIVGATE_BOUNDED_SNAPSHOTS=true and restart."
+        )
+    started = services.rebuild_snapshot_in_background()
+    _ops(services, admin).record("snapshot.rebuild", "warehouse", started=started)
+    return {"started": started, **_snapshot_status(services)}

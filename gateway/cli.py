@@ -40,6 +40,11 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(key_app, name="key")
 app.add_typer(principal_app, name="principal")
 app.add_typer(budget_app, name="budget")
+snapshot_app = typer.Typer(
+    help="Bounded snapshots: contribution bounding done once per data version.",
+    no_args_is_help=True,
+)
+app.add_typer(snapshot_app, name="snapshot")
 
 
 def _settings() -> Settings:
@@ -353,6 +358,26 @@ def audit_export(
         for entry in _audit_log().export(filters):
             sys.stdout.write(canonical_json(entry) + "\n")
     sys.stdout.flush()
+
+
+@snapshot_app.command("build")
+def snapshot_build() -> None:
+    """Build (or find) the bounded snapshot for the warehouse and policy; print it as JSON.
+
+    A running gateway picks it up on its next check (PRIVGATE_SNAPSHOT_CHECK_INTERVAL_S) or
+    through POST /v1/admin/snapshot/rebuild, which finds it ready.
+    """
+    import json as _json
+
+    from gateway.composition import build_services
+
+    settings = _settings().model_copy(update={"bounded_snapshots": False})
+    services = build_services(settings)  # no snapshot at start: this command builds it
+    try:
+        info = services.refresh_snapshot(lambda message: _err(message))
+    finally:
+        services.close()
+    typer.echo(_json.dumps(info.as_json(), indent=2))
 
 
 @audit_app.command("reveal")

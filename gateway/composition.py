@@ -21,7 +21,16 @@ from gateway.principals import PrincipalStore
 from gateway.results import ResultStore
 from gateway.service import QueryService
 from gateway.settings import Settings, load_secrets
-from gateway.warehouse import DuckDBWarehouse
+from gateway.snapshots import (
+    Progress,
+    Rebuilds,
+    SnapshotInfo,
+    build_snapshot,
+    find_snapshot,
+    remove_others,
+    snapshot_spec,
+)
+from gateway.warehouse import DuckDBWarehouse, file_version
 from rewriter.catalog import build_catalog
 
 log = logging.getLogger("privgate.composition")
@@ -43,6 +52,7 @@ class Services:
     _stop: threading.Event = field(default_factory=threading.Event)
     #: Called by :meth:`close`, in order (the wire endpoint, its shadow server, …).
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    rebuilds: Rebuilds = field(default_factory=Rebuilds)
 
     def close(self) -> None:
         self._stop.set()
@@ -86,6 +96,74 @@ class Services:
 
         threading.Thread(target=loop, name="privgate-reconciler", daemon=True).start()
 
+    # -- bounded snapshots (gateway.snapshots) ------------------------------------------------
+
+    def refresh_snapshot(self, progress: Progress | None = None) -> SnapshotInfo:
+        """Serve the bounded snapshot for the current source and policy, building it if needed.
+
+        Raises:
+            duckdb.Error, OSError, WarehouseUnavailable: it could not be built or opened; the
+                previous snapshot (or per-query bounding) keeps serving.
+        """
+        warehouse = self.warehouse
+        directory = self.settings.data_dir / "bounded"
+        salt = load_secrets(self.settings)["bounding_salt"]
+        catalog = self.queries.catalog
+        source_version = file_version(warehouse.path)
+        spec, _ = snapshot_spec(catalog, salt)
+        info = find_snapshot(directory, source_version, spec)
+        if info is None:
+            info = build_snapshot(
+                source=warehouse.path,
+                source_version=source_version,
+                catalog=catalog,
+                salt=salt,
+                directory=directory,
+                threads=warehouse.threads,
+                progress=progress,
+            )
+        current = warehouse.snapshot
+        if current is None or current.name != info.name:
+            warehouse.use_snapshot(info)
+        remove_others(directory, info)
+        return info
+
+    def rebuild_snapshot_in_background(self) -> bool:
+        """Start a rebuild (the current snapshot serves meanwhile); False if one is running."""
+
+        def job(note: Progress) -> None:
+            self.refresh_snapshot(note)
+
+        return self.rebuilds.start(job)
+
+    def snapshot_stale(self) -> bool:
+        """True when the serving snapshot no longer matches the source file or the policy."""
+        current = self.warehouse.snapshot
+        if current is None:
+            return True
+        salt = load_secrets(self.settings)["bounding_salt"]
+        spec, _ = snapshot_spec(self.queries.catalog, salt)
+        try:
+            source_version = file_version(self.warehouse.path)
+        except OSError:
+            return False
+        return (current.source_version, current.spec) != (source_version, spec)
+
+    def start_snapshot_watch(self) -> None:
+        """Check every ``snapshot_check_interval_s`` whether the snapshot is stale; rebuild then."""
+        if not self.settings.bounded_snapshots:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(self.settings.snapshot_check_interval_s):
+                try:
+                    if self.snapshot_stale():
+                        self.rebuild_snapshot_in_background()
+                except Exception:
+                    log.exception("bounded snapshot check failed")
+
+        threading.Thread(target=loop, name="privgate-snapshot-watch", daemon=True).start()
+
     def reload_policy(self) -> LoadedPolicy:
         """Re-read the policy file and swap it in atomically; on any error the old one stays.
 
@@ -99,6 +177,10 @@ class Services:
             self.principals.upsert_principal(name, role=p.role, datasets=p.datasets)
         self.queries.swap_policy(catalog, loaded.version)
         self.policy = loaded
+        if self.settings.bounded_snapshots and self.snapshot_stale():
+            # A changed K or table: tables whose K no longer matches are bounded per query
+            # (the planner checks) until the new snapshot is ready.
+            self.rebuild_snapshot_in_background()
         return loaded
 
 
@@ -166,7 +248,7 @@ def build_services(settings: Settings) -> Services:
         quarantined=principals.is_quarantined,
         sql_cipher=settings.sql_cipher() if settings.audit_sql_text == "full" else None,
     )
-    return Services(
+    services = Services(
         settings,
         policy,
         warehouse,
@@ -178,6 +260,14 @@ def build_services(settings: Settings) -> Services:
         anomaly=anomaly,
         control=control,
     )
+    if settings.bounded_snapshots:
+        # Built before serving, so that every answer of this process comes from one snapshot
+        # until the source or the policy changes; a failure leaves per-query bounding in place.
+        try:
+            services.refresh_snapshot(lambda message: log.info("%s", message))
+        except Exception:
+            log.exception("the bounded snapshot could not be built; bounding per query instead")
+    return services
 
 
 def build_wire(

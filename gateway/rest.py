@@ -126,6 +126,7 @@ def create_app(services: Services) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Settle reservations a crashed predecessor left behind, then keep doing so.
         services.start_reconciler()
+        services.start_snapshot_watch()  # rebuilds the bounded snapshot when the source changes
         yield
         services.stop_doors()  # the wire endpoint and its embedded shadow server, if any
 

@@ -158,6 +158,7 @@ class QueryService:
                 granted=principal.datasets,
                 epsilon=request.epsilon,
                 dialect=self._warehouse.dialect,
+                prebounded=self._warehouse.prebounded(),
             ),
             self.catalog,
         )
@@ -187,6 +188,7 @@ class QueryService:
                     epsilon=str(Decimal(epsilon.numerator) / Decimal(epsilon.denominator)),
                     dialect=self._warehouse.dialect,
                     check_query_max=False,
+                    prebounded=self._warehouse.prebounded(),
                 ),
                 self.catalog,
             )

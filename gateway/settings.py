@@ -97,6 +97,17 @@ class Settings(BaseSettings):
     statement_timeout_s: float = Field(
         default=30.0, gt=0, description="Warehouse statement timeout (watchdog)."
     )
+    bounded_snapshots: bool = Field(
+        default=True,
+        description="Bound contributions once per data version into a gateway-owned copy "
+        "(<data_dir>/bounded) and query that; off: bound inside every query.",
+    )
+    snapshot_check_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the gateway checks whether the warehouse file changed, and then "
+        "rebuilds the bounded snapshot in the background (the old one serves meanwhile).",
+    )
     warehouse_threads: int | None = Field(
         default=None, ge=1, description="DuckDB threads; default all cores."
     )

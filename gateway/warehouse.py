@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import duckdb
 
 from gateway.errors import QueryTimeout, WarehouseError, WarehouseUnavailable
+
+if TYPE_CHECKING:
+    from gateway.snapshots import SnapshotInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,10 @@ class Warehouse(Protocol):
 
     def data_version(self) -> str: ...
 
+    def prebounded(self) -> Mapping[str, int]:
+        """Tables served from a bounded snapshot, and their K (lower-case names)."""
+        ...
+
 
 LOCKDOWN = {
     "enable_external_access": False,
@@ -51,7 +58,12 @@ LOCKDOWN = {
 
 
 class DuckDBWarehouse:
-    """A read-only, locked-down DuckDB database file. One cursor per call: thread-safe."""
+    """A read-only, locked-down DuckDB database file. One cursor per call: thread-safe.
+
+    Queries run on the source file, or, once :meth:`use_snapshot` was called, on a bounded
+    snapshot of it (gateway.snapshots), opened with the same lock-down. Swapping is atomic: a
+    query that has its cursor keeps it; the previous connection stays open until :meth:`close`.
+    """
 
     dialect = "duckdb"
 
@@ -63,14 +75,60 @@ class DuckDBWarehouse:
             config["threads"] = threads
         self._path = path
         self._timeout_s = timeout_s
+        self._config = config
         try:
             self._con = duckdb.connect(str(path), read_only=True, config=config)
         except duckdb.Error as exc:
             raise WarehouseUnavailable(f"cannot open warehouse {path}: {exc}") from exc
-        stat = path.stat()
-        self._version = hashlib.sha256(
-            f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-        ).hexdigest()[:16]
+        self._version = file_version(path)
+        #: (connection queries run on, the snapshot it holds or None for the source)
+        self._serving: tuple[duckdb.DuckDBPyConnection, SnapshotInfo | None] = (self._con, None)
+        self._retired: list[duckdb.DuckDBPyConnection] = []
+        self._swap = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def threads(self) -> int | None:
+        threads = self._config.get("threads")
+        return None if threads is None else int(threads)
+
+    @property
+    def snapshot(self) -> SnapshotInfo | None:
+        return self._serving[1]
+
+    def source_version(self) -> str:
+        """The data version of the source file as opened."""
+        return self._version
+
+    def source_changed(self) -> bool:
+        """True when the file at the source path is no longer the one opened (replaced, grown)."""
+        try:
+            return file_version(self._path) != self._version
+        except OSError:
+            return False
+
+    def use_snapshot(self, info: SnapshotInfo) -> None:
+        """Serve queries from the bounded snapshot ``info`` from now on.
+
+        Raises:
+            WarehouseUnavailable: the snapshot file cannot be opened (the current one serves on).
+        """
+        try:
+            con = duckdb.connect(str(info.path), read_only=True, config=self._config)
+        except duckdb.Error as exc:
+            raise WarehouseUnavailable(f"cannot open bounded snapshot {info.path}: {exc}") from exc
+        with self._swap:
+            old = self._serving[0]
+            self._serving = (con, info)
+            if old is not self._con:
+                self._retired.append(old)
+
+    def prebounded(self) -> Mapping[str, int]:
+        info = self._serving[1]
+        return {} if info is None else info.bounded()
 
     def columns(self) -> dict[str, list[tuple[str, str]]]:
         rows = (
@@ -87,8 +145,10 @@ class DuckDBWarehouse:
         return out
 
     def data_version(self) -> str:
-        """Identifies the data the answers were computed on (file identity, size and mtime)."""
-        return self._version
+        """Identifies the data the answers are computed on: the source file's identity, size and
+        mtime, plus the bounded snapshot's spec when one serves."""
+        info = self._serving[1]
+        return self._version if info is None else info.data_version
 
     def execute(
         self,
@@ -99,9 +159,14 @@ class DuckDBWarehouse:
     ) -> ResultSet:
         """Run ``sql``. ``before_execute`` runs once the warehouse is reachable and before the
         statement is sent: the service marks the budget reservation as executing there, so that
-        "unreachable" (refundable) and "may have touched data" (spent) are never confused."""
+        "unreachable" (refundable) and "may have touched data" (spent) are never confused.
+
+        A statement with parameters is bounded per query (its one parameter is the salt): it
+        reads the source, never a snapshot, which lacks blocked columns and is bounded already.
+        """
+        con = self._serving[0] if not parameters else self._con
         try:
-            cursor = self._con.cursor()
+            cursor = con.cursor()
         except duckdb.Error as exc:
             raise WarehouseUnavailable("the warehouse connection is closed") from exc
         if before_execute is not None:
@@ -134,4 +199,16 @@ class DuckDBWarehouse:
         return ResultSet(columns=columns, rows=rows)
 
     def close(self) -> None:
-        self._con.close()
+        with self._swap:
+            serving = self._serving[0]
+            for con in (*self._retired, serving, self._con):
+                con.close()
+            self._retired = []
+
+
+def file_version(path: Path) -> str:
+    """A file's data version: its resolved path, size and modification time, hashed."""
+    stat = path.stat()
+    return hashlib.sha256(
+        f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    ).hexdigest()[:16]

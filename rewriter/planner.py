@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
 
@@ -46,6 +47,9 @@ class PlanRequest:
     dialect: str = "duckdb"
     #: The accuracy solver plans at trial epsilons and applies the per-query maximum itself.
     check_query_max: bool = True
+    #: Tables served from a bounded snapshot, with the K each was bounded to (lower-case names).
+    #: A table whose snapshot K differs from the dataset's current K is bounded per query.
+    prebounded: Mapping[str, int] = field(default_factory=dict)
 
 
 def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
@@ -68,6 +72,7 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
         dataset.budget.per_query_max if request.check_query_max else None,
     )
     k = dataset.defaults.max_rows_per_unit
+    prebounded = request.prebounded.get(resolved.table.name.lower()) == k
     needs_threshold = any(key.values is None for key in shape.keys)
     if not shape.measurements:
         raise Unsupported("a query on a protected table needs at least one aggregate")
@@ -83,6 +88,7 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
         max_rows_per_unit=k,
         with_units=needs_threshold,
         dialect=request.dialect,
+        prebounded=prebounded,
     )
     sql = emit(predicate=predicate)
     redacted_sql = emit(predicate=_redacted(predicate))
@@ -133,7 +139,7 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
         redacted_sql=redact_literals(tree),
         warehouse_sql=sql,
         redacted_warehouse_sql=redacted_sql,
-        parameters=(SALT_PARAMETER,),
+        parameters=() if prebounded else (SALT_PARAMETER,),
         protected=True,
         outputs=outputs,
         group_keys=tuple(

@@ -38,6 +38,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/admin/budgets/{principal}/{dataset}/history", None),
     ("POST", "/v1/admin/policy/validate", {"yaml": "datasets: {}"}),
     ("POST", "/v1/admin/policy/reload", None),
+    ("GET", "/v1/admin/snapshot", None),
+    ("POST", "/v1/admin/snapshot/rebuild", None),
     ("GET", "/v1/admin/audit/verify", None),
     ("POST", "/v1/admin/audit/verify", {"checkpoints": []}),
     ("GET", "/v1/admin/audit", None),

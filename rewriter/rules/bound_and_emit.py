@@ -1,12 +1,19 @@
 """Rule 7: emit the warehouse SQL, with contribution bounding and clamping.
 
-Per-query bounding (the bounded-snapshot optimisation is a later step): among the rows that pass
+Two forms bound contributions. *Per-query bounding* (the fallback): among the rows that pass
 the analyst's WHERE, each unit keeps at most ``max_rows_per_unit`` rows, chosen by ranking the unit's
 own rows by a *keyed* hash of their content. The key (salt) is a query parameter, never part of the
 SQL text, so it is neither logged nor audited. The choice for one unit depends only on that unit's
 rows, so adding or removing a unit leaves every other unit's kept rows unchanged — the property the
 sensitivity argument needs (docs/privacy-model.md, "Contribution bounding"). Rows whose unit is NULL
 belong to nobody we can bound and are dropped.
+
+*Bounded snapshots* (``prebounded=True``): the gateway has built, once per data version, a copy of
+the table in which each unit already keeps at most ``max_rows_per_unit`` rows, chosen by the very
+same keyed ranking over the unit's rows of the whole table (:func:`snapshot_select`). The query
+then filters and aggregates the copy with no window at all: a WHERE can only drop rows, so each
+unit still contributes at most K rows, and the same sensitivity argument holds (docs/
+privacy-model.md, "Bounded snapshots").
 """
 
 from __future__ import annotations
@@ -38,8 +45,13 @@ def bound_and_emit(
     max_rows_per_unit: int,
     with_units: bool,
     dialect: str,
+    prebounded: bool = False,
 ) -> str:
-    """Return the warehouse SQL computing one row per group: keys k0.., measurements m0.., units."""
+    """Return the warehouse SQL computing one row per group: keys k0.., measurements m0.., units.
+
+    ``prebounded``: ``table`` is a bounded snapshot with at most ``max_rows_per_unit`` rows per
+    unit; no ranking (and no salt parameter) is emitted.
+    """
     if dialect not in SUPPORTED_DIALECTS:
         raise Unsupported(f"warehouse dialect {dialect!r} is not supported yet")
     needed: dict[str, CatalogColumn] = {k.name: k for k in keys}
@@ -55,13 +67,18 @@ def bound_and_emit(
     where = f"{unit_sql} IS NOT NULL"
     if predicate is not None:
         where += f" AND ({predicate.sql(dialect=dialect)})"
-    inner = ", ".join(
-        [
-            *inner_cols,
-            f"{unit_sql} AS __pg_unit",
-            f"ROW_NUMBER() OVER (PARTITION BY {unit_sql} ORDER BY hash(hash(?, {all_cols}))) AS __pg_rank",
-        ]
-    )
+    if prebounded:
+        inner = ", ".join([*inner_cols, f"{unit_sql} AS __pg_unit"])
+        kept = ""
+    else:
+        inner = ", ".join(
+            [
+                *inner_cols,
+                f"{unit_sql} AS __pg_unit",
+                f"{_rank(unit_sql, all_cols)} AS __pg_rank",
+            ]
+        )
+        kept = f" WHERE __pg_rank <= {int(max_rows_per_unit)}"
     outer: list[str] = [f"{_q('c_' + k.name, dialect)} AS k{i}" for i, k in enumerate(keys)]
     for i, m in enumerate(measurements):
         outer.append(f"{_measurement_sql(m, dialect)} AS m{i}")
@@ -70,7 +87,32 @@ def bound_and_emit(
     group = f" GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}" if keys else ""
     return (
         f"WITH __pg_rows AS (SELECT {inner} FROM {_q(table.name, dialect)} AS {BASE} WHERE {where}) "
-        f"SELECT {', '.join(outer)} FROM __pg_rows WHERE __pg_rank <= {int(max_rows_per_unit)}{group}"
+        f"SELECT {', '.join(outer)} FROM __pg_rows{kept}{group}"
+    )
+
+
+def _rank(unit_sql: str, all_cols: str) -> str:
+    """Each row's rank among its unit's rows, by a keyed hash of the row (the salt is ``?``)."""
+    return f"ROW_NUMBER() OVER (PARTITION BY {unit_sql} ORDER BY hash(hash(?, {all_cols})))"
+
+
+def snapshot_select(
+    *, table: CatalogTable, unit: CatalogColumn, max_rows_per_unit: int, dialect: str
+) -> str:
+    """The rows of ``table`` a bounded snapshot keeps: at most K per unit, ranked exactly as the
+    per-query form ranks them (one salt parameter ``?``), units that are NULL dropped.
+
+    On a query without WHERE the two forms keep the same rows, so they give the same exact
+    aggregates; with a WHERE the snapshot's K rows were chosen before the filter (a utility
+    bias on heavy units, never a privacy loss).
+    """
+    if dialect not in SUPPORTED_DIALECTS:
+        raise Unsupported(f"warehouse dialect {dialect!r} is not supported yet")
+    unit_sql = base_column(unit).sql(dialect=dialect)
+    all_cols = ", ".join(base_column(c).sql(dialect=dialect) for c in table.columns.values())
+    return (
+        f"SELECT * FROM {_q(table.name, dialect)} AS {BASE} WHERE {unit_sql} IS NOT NULL "
+        f"QUALIFY {_rank(unit_sql, all_cols)} <= {int(max_rows_per_unit)}"
     )
 
 

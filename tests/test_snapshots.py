@@ -1,0 +1,297 @@
+"""Bounded snapshots on a real DuckDB warehouse: what they keep, and that queries on them agree
+with per-query bounding.
+
+The properties the privacy argument needs (docs/privacy-model.md, "Bounded snapshots"):
+at most K rows per unit; which of a unit's rows are kept depends on that unit's rows alone;
+and for a query without WHERE the snapshot and per-query bounding keep the same rows, so the exact
+(pre-noise) aggregates are equal.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from gateway.policy_loader import load_policy
+from gateway.settings import demo_policy_path, load_secrets
+from gateway.snapshots import SnapshotInfo, build_snapshot, find_snapshot, snapshot_spec
+from gateway.warehouse import DuckDBWarehouse, file_version
+from rewriter.catalog import Catalog, build_catalog
+from rewriter.planner import PlanRequest, plan_query
+from tests.conftest import Gateway
+
+SALT = b"snapshot-test-salt-0123456789abcdef"
+ALL = frozenset({"clinic"})
+
+
+def _catalog(path: Path) -> Catalog:
+    # threads=2 as in tests.conftest.start_gateway: DuckDB refuses a second connection to one
+    # file with another configuration while the module's gateway has it open.
+    wh = DuckDBWarehouse(path, threads=2)
+    try:
+        return build_catalog(load_policy(demo_policy_path()).policy, wh.columns())
+    finally:
+        wh.close()
+
+
+def _build(source: Path, directory: Path, salt: bytes = SALT) -> SnapshotInfo:
+    return build_snapshot(
+        source=source,
+        source_version=file_version(source),
+        catalog=_catalog(source),
+        salt=salt,
+        directory=directory,
+        threads=1,
+    )
+
+
+def _rows(path: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def snapshot(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory) -> SnapshotInfo:
+    return _build(demo_warehouse, tmp_path_factory.mktemp("bounded"))
+
+
+def test_at_most_k_rows_per_unit_and_all_of_light_units(
+    snapshot: SnapshotInfo, demo_warehouse: Path
+) -> None:
+    k = load_policy(demo_policy_path()).policy.datasets["clinic"].defaults.max_rows_per_unit
+    assert snapshot.bounded() == {"visits": k, "patients": k}
+    assert snapshot.tables["departments"]["max_rows_per_unit"] is None  # public: verbatim copy
+    kept = dict(_rows(snapshot.path, "SELECT patient_id, COUNT(*) FROM visits GROUP BY 1"))
+    source = dict(
+        _rows(
+            demo_warehouse,
+            "SELECT patient_id, COUNT(*) FROM visits WHERE patient_id IS NOT NULL GROUP BY 1",
+        )
+    )
+    assert max(kept.values()) <= k
+    assert kept == {u: min(n, k) for u, n in source.items()}  # exactly min(n, K) per unit
+    assert max(source.values()) > k  # the fixture has heavy units, so bounding did something
+    assert _rows(snapshot.path, "SELECT COUNT(*) FROM departments") == _rows(
+        demo_warehouse, "SELECT COUNT(*) FROM departments"
+    )
+
+
+def test_kept_rows_depend_only_on_the_unit_itself(
+    snapshot: SnapshotInfo, demo_warehouse: Path, tmp_path: Path
+) -> None:
+    """Add rows for a new unit and for one existing unit X: every other unit keeps exactly the
+    rows it kept before (the ranking is per unit, keyed by row content only)."""
+    changed = tmp_path / "changed.duckdb"
+    shutil.copy(demo_warehouse, changed)
+    con = duckdb.connect(str(changed))
+    heavy = con.execute(
+        "SELECT patient_id FROM visits GROUP BY 1 ORDER BY COUNT(*) DESC, 1 LIMIT 1"
+    ).fetchone()
+    assert heavy is not None
+    x = heavy[0]
+    # 40 new rows for X (adversarial: they may outrank X's old rows) and 40 for a new unit.
+    for unit in (x, 10**9):
+        con.execute(
+            "INSERT INTO visits SELECT v.* REPLACE (m.top + 1 + r.i AS visit_id, "
+            "? AS patient_id, v.cost + r.i AS cost) "
+            "FROM (SELECT * FROM visits LIMIT 1) AS v, range(40) AS r(i), "
+            "(SELECT MAX(visit_id) AS top FROM visits) AS m",
+            [unit],
+        )
+    con.close()
+    after = _build(changed, tmp_path / "bounded")
+
+    unit_at = [r[0] for r in _rows(snapshot.path, "DESCRIBE visits")].index("patient_id")
+
+    def kept(path: Path) -> dict[Any, Counter[tuple[Any, ...]]]:
+        out: dict[Any, Counter[tuple[Any, ...]]] = {}
+        for row in _rows(path, "SELECT * FROM visits"):
+            out.setdefault(row[unit_at], Counter())[row] += 1
+        return out
+
+    before_kept, after_kept = kept(snapshot.path), kept(after.path)
+    others = set(before_kept) - {x}
+    assert others and all(before_kept[u] == after_kept[u] for u in others)
+    k = snapshot.bounded()["visits"]
+    assert sum(after_kept[10**9].values()) == k and sum(after_kept[x].values()) == k
+
+
+QUERIES = [
+    "SELECT department, COUNT(*) AS n, SUM(cost) AS s FROM visits GROUP BY department",
+    "SELECT COUNT(*) AS n, AVG(los_days) AS a FROM visits",
+    "SELECT visit_day, COUNT(*) AS n FROM visits GROUP BY visit_day",
+    "SELECT department, SUM(cost) AS s FROM visits GROUP BY department ORDER BY s DESC LIMIT 3",
+]
+
+
+@pytest.mark.parametrize("sql", QUERIES)
+def test_same_exact_aggregates_as_per_query_bounding(
+    sql: str, snapshot: SnapshotInfo, demo_warehouse: Path
+) -> None:
+    catalog = _catalog(demo_warehouse)
+    per_query = plan_query(PlanRequest(sql=sql, granted=ALL, epsilon=1), catalog)
+    on_snapshot = plan_query(
+        PlanRequest(sql=sql, granted=ALL, epsilon=1, prebounded=snapshot.bounded()), catalog
+    )
+    assert per_query.parameters and not on_snapshot.parameters  # no salt, no window
+    assert "ROW_NUMBER" in per_query.warehouse_sql
+    assert "ROW_NUMBER" not in on_snapshot.warehouse_sql
+    assert per_query.measurements == on_snapshot.measurements  # same sensitivities and costs
+    exact = sorted(_rows(demo_warehouse, per_query.warehouse_sql, [SALT.decode()]))
+    assert exact == sorted(_rows(snapshot.path, on_snapshot.warehouse_sql))
+    assert exact  # not vacuous
+
+
+def test_a_filtered_query_keeps_at_most_k_rows_per_unit(
+    snapshot: SnapshotInfo, demo_warehouse: Path
+) -> None:
+    """With a WHERE the two forms may keep different rows, never more than K per unit."""
+    sql = "SELECT COUNT(*) AS n FROM visits WHERE department = 'er'"
+    catalog = _catalog(demo_warehouse)
+    plan = plan_query(
+        PlanRequest(sql=sql, granted=ALL, epsilon=1, prebounded=snapshot.bounded()), catalog
+    )
+    per_unit = _rows(
+        snapshot.path,
+        "SELECT MAX(n) FROM (SELECT patient_id, COUNT(*) AS n FROM visits "
+        "WHERE department = 'er' GROUP BY 1)",
+    )[0][0]
+    assert per_unit <= snapshot.bounded()["visits"] == plan.max_rows_per_unit
+
+
+def test_a_different_k_falls_back_to_per_query_bounding(demo_warehouse: Path) -> None:
+    catalog = _catalog(demo_warehouse)
+    plan = plan_query(
+        PlanRequest(
+            sql="SELECT COUNT(*) AS n FROM visits", granted=ALL, epsilon=1, prebounded={"visits": 1}
+        ),
+        catalog,
+    )
+    assert "ROW_NUMBER" in plan.warehouse_sql and plan.parameters  # the snapshot's K is stale
+
+
+def test_the_spec_names_the_salt_and_k(demo_warehouse: Path) -> None:
+    catalog = _catalog(demo_warehouse)
+    spec, plan = snapshot_spec(catalog, SALT)
+    assert spec != snapshot_spec(catalog, b"another-salt-0123456789abcdef")[0]
+    assert plan["departments"] is None and plan["visits"] == 5
+    assert SALT.decode() not in spec
+
+
+def test_the_gateway_serves_from_the_snapshot(gateway: Gateway) -> None:
+    services = gateway.services
+    info = services.warehouse.snapshot
+    assert info is not None and info.path.parent == services.settings.data_dir / "bounded"
+    with gateway.client() as c:
+        r = c.post("/v1/query", json={"sql": "SELECT COUNT(*) AS n FROM visits"})
+        assert r.status_code == 200, r.text
+        audit_id = r.json()["audit_id"]
+    record = next(e for e in services.audit.export() if e["id"] == audit_id)["record"]
+    assert record["data_version"] == info.data_version
+    assert info.data_version.startswith(services.warehouse.source_version())
+    assert "ROW_NUMBER" not in record["rewritten_sql"]
+    with gateway.client("admin") as c:
+        status = c.get("/v1/admin/snapshot").json()
+    assert status["bounding"] == "snapshot" and status["stale"] is False
+    assert status["serving"]["name"] == info.name
+
+
+def test_a_changed_source_is_rebuilt_while_the_old_snapshot_serves(
+    tmp_path: Path, demo_warehouse: Path
+) -> None:
+    from gateway.composition import build_services
+    from gateway.settings import Settings
+
+    source = tmp_path / "wh.duckdb"
+    shutil.copy(demo_warehouse, source)
+    settings = Settings(data_dir=tmp_path / "data", warehouse_path=source, warehouse_threads=1)
+    services = build_services(settings)
+    try:
+        first = services.warehouse.snapshot
+        assert first is not None and not services.snapshot_stale()
+        # The warehouse owner replaces the file (a new load); the gateway notices.
+        replacement = tmp_path / "new.duckdb"
+        shutil.copy(demo_warehouse, replacement)
+        con = duckdb.connect(str(replacement))
+        con.execute("DELETE FROM visits WHERE department = 'er'")
+        con.close()
+        replacement.replace(source)
+        assert services.snapshot_stale()
+        assert services.warehouse.snapshot == first  # still serving the old one
+        second = services.refresh_snapshot()
+        assert second.name != first.name and services.warehouse.snapshot == second
+        assert not first.path.exists() and second.path.exists()  # the old file is gone
+        assert find_snapshot(settings.data_dir / "bounded", second.source_version, second.spec)
+        er = services.warehouse.execute("SELECT COUNT(*) FROM visits WHERE department = 'er'", [])
+        assert er.rows == [(0,)]  # queries now read the new data
+        assert services.warehouse.data_version() == second.data_version
+    finally:
+        services.close()
+
+
+def test_blocked_columns_stay_out_of_the_snapshot(
+    snapshot: SnapshotInfo, demo_warehouse: Path
+) -> None:
+    columns = {r[0] for r in _rows(snapshot.path, "DESCRIBE patients")}
+    source = _catalog(demo_warehouse).tables["patients"].columns
+    blocked = {c.name for c in source.values() if not c.visible}
+    assert {"ssn", "name"} <= blocked and not blocked & columns  # never copied
+    assert columns == {c.name for c in source.values()} - blocked
+
+
+def test_per_query_plans_read_the_source_even_while_a_snapshot_serves(gateway: Gateway) -> None:
+    """A table whose K changed is bounded per query, on the source (the snapshot lacks the
+    blocked columns its ranking hashes, and is bounded already)."""
+    services = gateway.services
+    assert services.warehouse.snapshot is not None
+    plan = plan_query(
+        PlanRequest(sql="SELECT COUNT(*) AS n FROM visits", granted=ALL, epsilon=1, prebounded={}),
+        services.queries.catalog,
+    )
+    salt = load_secrets(services.settings)["bounding_salt"].decode()
+    per_query = services.warehouse.execute(plan.warehouse_sql, [salt]).rows
+    on_snapshot = plan_query(
+        PlanRequest(
+            sql="SELECT COUNT(*) AS n FROM visits",
+            granted=ALL,
+            epsilon=1,
+            prebounded=services.warehouse.prebounded(),
+        ),
+        services.queries.catalog,
+    )
+    assert per_query == services.warehouse.execute(on_snapshot.warehouse_sql, []).rows
+
+
+def test_snapshot_build_command(tmp_path: Path, demo_warehouse: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVGATE_")}
+    env.update(
+        PRIVGATE_DATA_DIR=str(tmp_path / "data"),
+        PRIVGATE_WAREHOUSE_PATH=str(demo_warehouse),
+        PRIVGATE_WAREHOUSE_THREADS="1",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "snapshot", "build"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["tables"]["visits"]["max_rows_per_unit"] == 5
+    assert "table 3/3" in result.stderr and "ready" in result.stderr  # progress
+    assert (tmp_path / "data" / "bounded" / f"{info['name']}.duckdb").is_file()
