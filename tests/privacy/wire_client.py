@@ -44,6 +44,9 @@ class WireClient:
     def __init__(self, conn: psycopg.Connection[Any], rest: httpx.Client) -> None:
         self._conn = conn
         self._rest = rest
+        #: privgate_last_query() describes the last *data* statement: after a statement the
+        #: shadow answered it still shows the one before, whose own text it may echo.
+        self._last_query_id: Any = None
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return self._rest.get(path, **kw)
@@ -64,6 +67,10 @@ class WireClient:
         meta = conn.execute("SELECT * FROM privgate_last_query()")
         names = [d.name for d in meta.description or []]
         cols = [dict(zip(names, r, strict=True)) for r in meta.fetchall()]
+        if cols and cols[0].get("query_id") == self._last_query_id:
+            cols = []  # metadata of an earlier statement: this one was not a data statement
+        elif cols:
+            self._last_query_id = cols[0].get("query_id")
         first = cols[0] if cols else {}
         body = {
             "rows": rows,
