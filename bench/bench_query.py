@@ -7,6 +7,8 @@ the raw query always reads the source table. The DP side is the full ``QueryServ
 (plan, reserve, bounded SQL, noise, commit, audit) without HTTP, once with bounded snapshots (the
 default: bounding done once per data version, its build time reported) and once with per-query
 bounding. Every DP run asks a fresh question (a different ε each time), so no run is a replay.
+The gateway's own overhead (run time minus the time inside ``warehouse.execute``: planning,
+budget reservation and commit, noise, audit) is reported as p50/p99 over at least 50 runs.
 """
 
 from __future__ import annotations
@@ -54,6 +56,35 @@ def _time(fn: Any, repeat: int) -> float:
     return statistics.median(samples)
 
 
+class _WarehouseClock:
+    """Wraps ``warehouse.execute`` to add up the time spent inside it (per DP run)."""
+
+    def __init__(self, warehouse: Any) -> None:
+        self._execute = warehouse.execute
+        self.spent = 0.0
+        warehouse.execute = self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self._execute(*args, **kwargs)
+        finally:
+            self.spent += time.perf_counter() - start
+
+
+def _overhead(fn: Any, clock: _WarehouseClock, repeat: int) -> tuple[float, float]:
+    """p50 and p99 of (run time - warehouse time): what the gateway adds to the warehouse."""
+    fn()
+    samples = []
+    for _ in range(max(repeat, 50)):
+        clock.spent = 0.0
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start - clock.spent)
+    samples.sort()
+    return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
 def _gateway(
     tmp: Path, warehouse: Path, policy_path: Path, snapshots: bool
 ) -> tuple[Any, CallContext, float]:
@@ -84,7 +115,9 @@ def main() -> None:
         warehouse = data_dir / f"bench-{args.patients}.duckdb"
         ensure_demo_warehouse(warehouse, patients=args.patients)
         policy = yaml.safe_load(demo_policy_path().read_text())
-        policy["datasets"]["clinic"]["budget"] = {"per_principal": {"epsilon": 100000, "delta": 0.9}}
+        policy["datasets"]["clinic"]["budget"] = {
+            "per_principal": {"epsilon": 100000, "delta": 0.9}
+        }
         policy_path = tmp / "policy.yaml"
         policy_path.write_text(yaml.safe_dump(policy))
         raw_wh = DuckDBWarehouse(warehouse)  # the source file, never a snapshot
@@ -97,7 +130,11 @@ def main() -> None:
             info = services.warehouse.snapshot
             extra = f"; snapshot built in {info.seconds:.2f} s" if info is not None else ""
             print(f"\nbounding: {mode} (gateway start {built:.2f} s{extra})")
-            print(f"{'query':28s} {'raw ms':>9s} {'DP ms':>9s} {'DP / raw':>9s}")
+            clock = _WarehouseClock(services.warehouse)
+            print(
+                f"{'query':28s} {'raw ms':>9s} {'DP ms':>9s} {'DP / raw':>9s} "
+                f"{'gateway p50 ms':>15s} {'p99 ms':>8s}"
+            )
             for name, (dp_sql, raw_sql) in QUERIES.items():
                 raw = _time(lambda q=raw_sql: raw_wh.execute(q, []), args.repeat)
 
@@ -107,7 +144,11 @@ def main() -> None:
                     svc.queries.run(QueryRequest(sql=q, epsilon=eps), c)
 
                 dp_s = _time(dp, args.repeat)
-                print(f"{name:28s} {raw * 1000:9.1f} {dp_s * 1000:9.1f} {dp_s / raw:8.2f}x")
+                p50, p99 = _overhead(dp, clock, args.repeat)
+                print(
+                    f"{name:28s} {raw * 1000:9.1f} {dp_s * 1000:9.1f} {dp_s / raw:8.2f}x "
+                    f"{p50 * 1000:15.2f} {p99 * 1000:8.2f}"
+                )
             services.close()
         raw_wh.close()
 
