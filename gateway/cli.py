@@ -157,15 +157,18 @@ def serve(
         curl = "curl -s"
         if https is not None and https.self_signed:
             curl += f" --cacert {https.cert}"
+        # A wildcard bind is reached at 127.0.0.1 here (a name the demo certificate holds).
+        wildcard = ("0.0.0.0", "::", "[::]")  # noqa: S104 - compared with, not bound to
+        shown_host = "127.0.0.1" if bind_host in wildcard else bind_host
         lines += [
             "",
             "Try:",
-            f"  {curl} {scheme}://{bind_host}:{bind_port}/v1/query "
+            f"  {curl} {scheme}://{shown_host}:{bind_port}/v1/query "
             "-H 'Authorization: Bearer <analyst key>' \\",
             "    -H 'Content-Type: application/json' \\",
             '    -d \'{"sql": "SELECT department, COUNT(*) AS n, AVG(cost) AS avg_cost '
             "FROM visits GROUP BY department\"}'",
-            f"  API docs: {scheme}://{bind_host}:{bind_port}/docs",
+            f"  API docs: {scheme}://{shown_host}:{bind_port}/docs",
         ]
         if wire is not None:
             lines += [

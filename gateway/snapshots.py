@@ -146,7 +146,9 @@ def build_snapshot(
     spec, plan = snapshot_spec(catalog, salt)
     name = _name(source_version, spec)
     directory.mkdir(parents=True, exist_ok=True)
-    final, tmp = directory / f"{name}.duckdb", directory / f"{name}.duckdb.tmp"
+    # A per-process scratch name: two gateways sharing data_dir may build the same snapshot.
+    final = directory / f"{name}.duckdb"
+    tmp = directory / f"{name}.{os.getpid()}.duckdb.tmp"
     tmp.unlink(missing_ok=True)
     started = time.perf_counter()
     config: dict[str, Any] = {
@@ -216,9 +218,18 @@ def build_snapshot(
 
 
 def remove_others(directory: Path, keep: SnapshotInfo) -> None:
-    """Delete every snapshot but ``keep`` (open readers keep their file until they close)."""
+    """Delete every snapshot but ``keep`` (open readers keep their file until they close).
+
+    Scratch files of builds in progress are left alone unless a day old (a crashed build).
+    """
     for path in directory.glob("*"):
-        if path.stem != keep.name and path.suffix in (".duckdb", ".json", ".tmp"):
+        if path.suffix == ".tmp":
+            try:
+                if time.time() - path.stat().st_mtime > 86_400:
+                    path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        elif path.stem != keep.name and path.suffix in (".duckdb", ".json"):
             path.unlink(missing_ok=True)
 
 
