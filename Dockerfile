@@ -19,6 +19,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 # A compiler only for dependencies without a prebuilt wheel on this platform; it stays in this stage.
+# Not pinned (DL3008): whatever build-essential the base image's Debian ships is fine, and a pin
+# would break the build on every Debian point release.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
@@ -56,7 +59,7 @@ COPY --from=build /opt/venv /opt/venv
 # Declared after the chown so that a new named volume starts out owned by privgate.
 VOLUME ["/data"]
 WORKDIR /home/privgate
-USER privgate:privgate
+USER 10001:10001
 
 # 8080: REST API over HTTPS (bound to 0.0.0.0, so PRIVGATE_REQUIRE_TLS makes it HTTPS: a
 # self-signed pair in /data unless PRIVGATE_TLS_CERT/PRIVGATE_TLS_KEY name mounted files; the health
