@@ -107,10 +107,8 @@ class Services:
         """
         warehouse = self.warehouse
         directory = self.settings.data_dir / "bounded"
-        salt = load_secrets(self.settings)["bounding_salt"]
         catalog = self.queries.catalog
-        source_version = file_version(warehouse.path)
-        spec, _ = snapshot_spec(catalog, salt)
+        salt, source_version, spec = self._snapshot_target()
         info = find_snapshot(directory, source_version, spec)
         if info is None:
             info = build_snapshot(
@@ -141,13 +139,21 @@ class Services:
         current = self.warehouse.snapshot
         if current is None:
             return True
-        salt = load_secrets(self.settings)["bounding_salt"]
-        spec, _ = snapshot_spec(self.queries.catalog, salt)
         try:
-            source_version = file_version(self.warehouse.path)
+            _, source_version, spec = self._snapshot_target()
         except OSError:
             return False
         return (current.source_version, current.spec) != (source_version, spec)
+
+    def _snapshot_target(self) -> tuple[bytes, str, str]:
+        """(salt, source version, spec) of the snapshot the source and policy call for now.
+
+        Raises:
+            OSError: the warehouse file cannot be read.
+        """
+        salt = load_secrets(self.settings)["bounding_salt"]
+        spec, _ = snapshot_spec(self.queries.catalog, salt)
+        return salt, file_version(self.warehouse.path), spec
 
     def start_snapshot_watch(self) -> None:
         """Check every ``snapshot_check_interval_s`` whether the snapshot is stale; rebuild then."""

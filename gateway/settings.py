@@ -303,10 +303,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_audit_encryption_old_keys(self) -> tuple[bytes, ...]:
-        if self.audit_encryption_old_keys is None:
-            return ()
-        given = self.audit_encryption_old_keys.get_secret_value().split(",")
-        return tuple(k.strip().encode() for k in given if k.strip())
+        return _secret_list(self.audit_encryption_old_keys)
 
     def sql_cipher(self) -> SqlCipher | None:
         """The cipher for full SQL text; ``None`` when audit records keep redacted text only.
@@ -332,18 +329,12 @@ class Settings(BaseSettings):
     @property
     def resolved_audit_old_keys(self) -> tuple[bytes, ...]:
         """The previous audit keys, in the order given."""
-        if self.audit_old_keys is None:
-            return ()
-        given = self.audit_old_keys.get_secret_value().split(",")
-        return tuple(k.strip().encode() for k in given if k.strip())
+        return _secret_list(self.audit_old_keys)
 
     @property
     def resolved_key_old_peppers(self) -> tuple[bytes, ...]:
         """The previous key peppers, in the order given."""
-        if self.key_old_peppers is None:
-            return ()
-        given = self.key_old_peppers.get_secret_value().split(",")
-        return tuple(k.strip().encode() for k in given if k.strip())
+        return _secret_list(self.key_old_peppers)
 
     @property
     def resolved_warehouse_path(self) -> Path:
@@ -356,6 +347,13 @@ class Settings(BaseSettings):
     @property
     def resolved_control_db_url(self) -> str:
         return self.control_db_url or f"sqlite:///{(self.data_dir / 'control.db').resolve()}"
+
+
+def _secret_list(value: SecretStr | None) -> tuple[bytes, ...]:
+    """A comma-separated secret setting as its items, in the order given (blanks dropped)."""
+    if value is None:
+        return ()
+    return tuple(k.strip().encode() for k in value.get_secret_value().split(",") if k.strip())
 
 
 _SECRET_NAMES = ("bounding_salt", "audit_key", "key_pepper")

@@ -81,8 +81,13 @@ class DuckDBWarehouse:
         except duckdb.Error as exc:
             raise WarehouseUnavailable(f"cannot open warehouse {path}: {exc}") from exc
         self._version = file_version(path)
-        #: (connection queries run on, the snapshot it holds or None for the source)
-        self._serving: tuple[duckdb.DuckDBPyConnection, SnapshotInfo | None] = (self._con, None)
+        #: (connection queries run on, the snapshot it holds or None for the source, the tables
+        #: that snapshot bounds and their K): swapped as one reference.
+        self._serving: tuple[duckdb.DuckDBPyConnection, SnapshotInfo | None, Mapping[str, int]] = (
+            self._con,
+            None,
+            {},
+        )
         self._retired: list[duckdb.DuckDBPyConnection] = []
         self._swap = threading.Lock()
 
@@ -122,13 +127,12 @@ class DuckDBWarehouse:
             raise WarehouseUnavailable(f"cannot open bounded snapshot {info.path}: {exc}") from exc
         with self._swap:
             old = self._serving[0]
-            self._serving = (con, info)
+            self._serving = (con, info, info.bounded())
             if old is not self._con:
                 self._retired.append(old)
 
     def prebounded(self) -> Mapping[str, int]:
-        info = self._serving[1]
-        return {} if info is None else info.bounded()
+        return self._serving[2]  # computed once per swap, not per query
 
     def columns(self) -> dict[str, list[tuple[str, str]]]:
         rows = (

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,19 @@ def start_gateway(
     )
     services = build_services(settings)
     keys = {name: services.principals.create_key(name)[1] for name in ("analyst", "admin")}
+    try:
+        with serve_app(services, "127.0.0.1") as port:
+            yield Gateway(services, f"http://127.0.0.1:{port}", keys)
+    finally:
+        services.close()
+
+
+@contextmanager
+def serve_app(services: Services, host: str) -> Iterator[int]:
+    """The REST app of ``services`` on a real uvicorn server bound to ``host``; yields its port."""
     port = _free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(services), host=host, port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -89,11 +100,10 @@ def start_gateway(
             raise RuntimeError("gateway did not start")
         time.sleep(0.02)
     try:
-        yield Gateway(services, f"http://127.0.0.1:{port}", keys)
+        yield port
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        services.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,17 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from gateway.composition import build_services
-from gateway.rest import create_app
 from gateway.settings import Settings
 from gateway.tls import TlsConfigError, ensure_self_signed, is_loopback, rest_tls
+from tests.conftest import serve_app
 
 
 def _free_port() -> int:
@@ -193,21 +191,10 @@ def plaintext_everywhere(tmp_path: Path, demo_warehouse: Path) -> Iterator[int]:
         data_dir=tmp_path / "data", warehouse_path=demo_warehouse, warehouse_threads=1
     )
     services = build_services(settings)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(services), host="0.0.0.0", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
     try:
-        yield port
+        with serve_app(services, "0.0.0.0") as port:
+            yield port
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         services.close()
 
 
