@@ -274,10 +274,10 @@ def _snapshot_status(services: Services) -> dict[str, Any]:
     current = services.warehouse.snapshot
     rebuilds = services.rebuilds
     return {
-        "enabled": services.settings.bounded_snapshots,
+        "enabled": services.snapshots_enabled,
         "serving": None if current is None else current.as_json(),
         "bounding": "snapshot" if current is not None else "per-query",
-        "stale": services.settings.bounded_snapshots and services.snapshot_stale(),
+        "stale": services.snapshots_enabled and services.snapshot_stale(),
         "rebuilding": rebuilds.running,
         "progress": rebuilds.last_progress,
         "last_error": rebuilds.last_error,
@@ -298,6 +298,11 @@ def snapshot_rebuild(admin: Admin, services: Svc) -> dict[str, Any]:
     if not services.settings.bounded_snapshots:
         raise AdminInvalid(
             "bounded snapshots are off", hint="Set PRIVGATE_BOUNDED_SNAPSHOTS=true and restart."
+        )
+    if not services.snapshots_enabled:
+        raise AdminInvalid(
+            "bounded snapshots are built on DuckDB warehouses only; this warehouse bounds "
+            "contributions inside every query"
         )
     started = services.rebuild_snapshot_in_background()
     _ops(services, admin).record("snapshot.rebuild", "warehouse", started=started)

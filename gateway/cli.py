@@ -372,12 +372,15 @@ def snapshot_build() -> None:
     """
     import json as _json
 
-    from gateway.composition import build_services
+    from gateway.composition import SnapshotsUnsupported, build_services
 
     settings = _settings().model_copy(update={"bounded_snapshots": False})
     services = build_services(settings)  # no snapshot at start: this command builds it
     try:
         info = services.refresh_snapshot(lambda message: _err(message))
+    except SnapshotsUnsupported as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from exc
     finally:
         services.close()
     typer.echo(_json.dumps(info.as_json(), indent=2))

@@ -31,16 +31,21 @@ from gateway.snapshots import (
     snapshot_spec,
 )
 from gateway.warehouse import DuckDBWarehouse, file_version
+from gateway.warehouse_pg import PostgresWarehouse
 from rewriter.catalog import build_catalog
 
 log = logging.getLogger("privgate.composition")
+
+
+class SnapshotsUnsupported(RuntimeError):
+    """The warehouse cannot hold bounded snapshots (it bounds per query)."""
 
 
 @dataclass
 class Services:
     settings: Settings
     policy: LoadedPolicy
-    warehouse: DuckDBWarehouse
+    warehouse: DuckDBWarehouse | PostgresWarehouse
     ledger: SqlLedger
     audit: AuditLog
     principals: PrincipalStore
@@ -106,6 +111,11 @@ class Services:
                 previous snapshot (or per-query bounding) keeps serving.
         """
         warehouse = self.warehouse
+        if not isinstance(warehouse, DuckDBWarehouse):
+            raise SnapshotsUnsupported(
+                "bounded snapshots are built on DuckDB warehouses only; this PostgreSQL "
+                "warehouse bounds contributions inside every query"
+            )
         directory = self.settings.data_dir / "bounded"
         catalog = self.queries.catalog
         salt, source_version, spec = self._snapshot_target()
@@ -153,11 +163,18 @@ class Services:
         """
         salt = load_secrets(self.settings)["bounding_salt"]
         spec, _ = snapshot_spec(self.queries.catalog, salt)
+        if not isinstance(self.warehouse, DuckDBWarehouse):
+            return salt, self.warehouse.data_version(), spec
         return salt, file_version(self.warehouse.path), spec
+
+    @property
+    def snapshots_enabled(self) -> bool:
+        """Bounded snapshots are on and the warehouse can hold them (DuckDB)."""
+        return self.settings.bounded_snapshots and isinstance(self.warehouse, DuckDBWarehouse)
 
     def start_snapshot_watch(self) -> None:
         """Check every ``snapshot_check_interval_s`` whether the snapshot is stale; rebuild then."""
-        if not self.settings.bounded_snapshots:
+        if not self.snapshots_enabled:
             return
 
         def loop() -> None:
@@ -183,7 +200,7 @@ class Services:
             self.principals.upsert_principal(name, role=p.role, datasets=p.datasets)
         self.queries.swap_policy(catalog, loaded.version)
         self.policy = loaded
-        if self.settings.bounded_snapshots and self.snapshot_stale():
+        if self.snapshots_enabled and self.snapshot_stale():
             # A changed K or table: tables whose K no longer matches are bounded per query
             # (the planner checks) until the new snapshot is ready.
             self.rebuild_snapshot_in_background()
@@ -217,14 +234,25 @@ def build_control(settings: Settings) -> tuple[SqlLedger, AuditLog, PrincipalSto
     return ledger, audit, principals
 
 
-def build_services(settings: Settings) -> Services:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    policy = load_policy(settings.resolved_policy_path)
-    warehouse = DuckDBWarehouse(
+def build_warehouse(settings: Settings) -> DuckDBWarehouse | PostgresWarehouse:
+    """The PostgreSQL warehouse at ``warehouse_url`` if set, else the DuckDB file."""
+    if settings.warehouse_url is not None:
+        return PostgresWarehouse(
+            settings.warehouse_url.get_secret_value(),
+            schema=settings.warehouse_schema,
+            timeout_s=settings.statement_timeout_s,
+        )
+    return DuckDBWarehouse(
         settings.resolved_warehouse_path,
         timeout_s=settings.statement_timeout_s,
         threads=settings.warehouse_threads,
     )
+
+
+def build_services(settings: Settings) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    policy = load_policy(settings.resolved_policy_path)
+    warehouse = build_warehouse(settings)
     catalog = build_catalog(policy.policy, warehouse.columns())
     ledger, audit, principals = build_control(settings)
     for name, p in policy.policy.principals.items():
@@ -266,7 +294,7 @@ def build_services(settings: Settings) -> Services:
         anomaly=anomaly,
         control=control,
     )
-    if settings.bounded_snapshots:
+    if services.snapshots_enabled:
         # Built before serving, so that every answer of this process comes from one snapshot
         # until the source or the policy changes; a failure leaves per-query bounding in place.
         try:

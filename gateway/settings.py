@@ -40,6 +40,7 @@ SECRET_FILE_FIELDS = (
     "metrics_token",
     "wire_shadow_dsn",
     "control_db_url",
+    "warehouse_url",
 )
 
 
@@ -87,6 +88,16 @@ class Settings(BaseSettings):
     )
     warehouse_path: Path | None = Field(
         default=None, description="DuckDB warehouse file; default <data_dir>/demo.duckdb."
+    )
+    warehouse_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql:// URL of a PostgreSQL warehouse, read through a read-only role "
+        "(docs/operations.md#postgresql-warehouse); unset: the DuckDB file warehouse_path.",
+    )
+    warehouse_schema: str = Field(
+        default="public",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="Schema of the PostgreSQL warehouse the policy's tables live in.",
     )
     policy_path: Path | None = Field(
         default=None, description="Policy YAML; default the bundled demo policy."

@@ -1,4 +1,5 @@
-"""Differential execution: the rewritten SQL on DuckDB equals a hand-written reference.
+"""Differential execution: the rewritten SQL equals a hand-written reference, on DuckDB and on
+PostgreSQL (the same rows copied there, read through a least-privileged role).
 
 Noise is never involved: ``plan.warehouse_sql`` computes the true, pre-noise integer aggregates,
 and each reference query below computes the same numbers from the privacy model's definition,
@@ -23,14 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import psycopg
 import pytest
 import yaml
 
 from gateway.demo import DEMO_POLICY_PATH, build_demo_warehouse
+from gateway.warehouse_pg import PostgresWarehouse, _plain
 from rewriter.catalog import Catalog, build_catalog
 from rewriter.plan import OutputKind, QueryPlan
 from rewriter.planner import PlanRequest, plan_query
 from rewriter.policy import Policy
+from tests.pg_helpers import pg_warehouse
 
 SALT = "differential-test-salt"
 OTHER_SALT = "another-salt"
@@ -127,8 +131,23 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None =
     return row[0]
 
 
-def _bounded(table: str, where: str) -> str:
-    """The privacy model's bounded rows, written out by hand (salt is the only parameter)."""
+def _bounded(table: str, where: str, dialect: str = "duckdb") -> str:
+    """The privacy model's bounded rows, written out by hand (salt is the only parameter).
+
+    On PostgreSQL the keyed hash is md5 of the salt and the row's text form, and the salt is
+    spliced in as a literal (``%(salt)s``, filled by :func:`_pg_reference`).
+    """
+    if dialect == "postgres":
+        digest = f"md5(%(salt)s || CAST(ROW({HASHED[table]}) AS TEXT))"
+        return f"""
+        WITH passing AS (
+            SELECT * FROM {table} WHERE patient_id IS NOT NULL AND ({where})
+        ), ranked AS (
+            SELECT *, ROW_NUMBER() OVER (PARTITION BY patient_id ORDER BY {digest}) AS rank_in_unit
+            FROM passing
+        )
+        SELECT * FROM ranked WHERE rank_in_unit <= {K}
+    """
     return f"""
         WITH passing AS (
             SELECT * FROM {table} WHERE patient_id IS NOT NULL AND ({where})
@@ -258,9 +277,7 @@ CASES = [
 ]
 
 
-def _reference(
-    w: Warehouse, plan: QueryPlan, case: Case, names: list[str]
-) -> list[tuple[Any, ...]]:
+def _reference_sql(plan: QueryPlan, case: Case, names: list[str], dialect: str = "duckdb") -> str:
     assert [k.source for k in plan.group_keys] == list(case.group)
     assert len(plan.outputs) == len(case.items)
     by_column: dict[str, str] = {f"k{i}": col for i, col in enumerate(case.group)}
@@ -281,8 +298,13 @@ def _reference(
     assert set(names) == set(by_column), (names, by_column)
     select = ", ".join(f'{by_column[n]} AS "{n}"' for n in names)
     group = f" GROUP BY {', '.join(case.group)}" if case.group else ""
-    sql = f"SELECT {select} FROM ({_bounded(case.table, case.where)}) AS b{group}"
-    return w.con.execute(sql, [SALT]).fetchall()
+    return f"SELECT {select} FROM ({_bounded(case.table, case.where, dialect)}) AS b{group}"
+
+
+def _reference(
+    w: Warehouse, plan: QueryPlan, case: Case, names: list[str]
+) -> list[tuple[Any, ...]]:
+    return w.con.execute(_reference_sql(plan, case, names), [SALT]).fetchall()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.sql[:60] for c in CASES])
@@ -291,6 +313,34 @@ def test_rewritten_sql_equals_reference(warehouse: Warehouse, case: Case) -> Non
     names, rows = _run(warehouse.con, plan)
     expected = _reference(warehouse, plan, case, names)
     assert sorted(rows, key=repr) == sorted(expected, key=repr)
+
+
+@pytest.fixture(scope="module")
+def pg(warehouse: Warehouse) -> Iterator[tuple[PostgresWarehouse, str]]:
+    """The same rows (edge rows included) in PostgreSQL, read through a least-privileged role."""
+    with pg_warehouse(warehouse.con, ("visits", "patients", "departments")) as made:
+        adapter = PostgresWarehouse(made.reader_url)
+        try:
+            yield adapter, made.admin_dsn
+        finally:
+            adapter.close()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.sql[:60] for c in CASES])
+def test_rewritten_sql_equals_reference_on_postgresql(
+    warehouse: Warehouse, pg: tuple[PostgresWarehouse, str], case: Case
+) -> None:
+    adapter, admin_dsn = pg
+    plan = plan_query(
+        PlanRequest(sql=case.sql, granted=frozenset({"clinic"}), dialect="postgres"),
+        warehouse.catalog,
+    )
+    got = adapter.execute(plan.warehouse_sql, [SALT])
+    reference = _reference_sql(plan, case, list(got.columns), "postgres")
+    with psycopg.connect(admin_dsn) as con:
+        expected = [tuple(_plain(v) for v in row) for row in con.execute(reference, {"salt": SALT})]
+    assert sorted(got.rows, key=repr) == sorted(expected, key=repr)
+    assert got.rows  # every case sees data on PostgreSQL too (or an empty-group row)
 
 
 def test_cases_are_not_trivial(warehouse: Warehouse) -> None:

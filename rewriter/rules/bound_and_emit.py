@@ -28,7 +28,12 @@ from rewriter.rules.shape_aggregates import MeasurementDraft
 
 UNITS_COLUMN = "__pg_units"
 SALT_PARAMETER = "salt"
-SUPPORTED_DIALECTS = ("duckdb",)
+SUPPORTED_DIALECTS = ("duckdb", "postgres")
+
+#: How the emitted SQL refers to its first parameter (the salt), per dialect. DuckDB takes a
+#: positional ``?``; on PostgreSQL the adapter sets it as a transaction-local setting
+#: (gateway.warehouse_pg.parameter_setting) and the statement goes without placeholders.
+_SALT_REF = {"duckdb": "?", "postgres": "current_setting('privgate.p1')"}
 
 
 def _q(name: str, dialect: str) -> str:
@@ -75,7 +80,7 @@ def bound_and_emit(
             [
                 *inner_cols,
                 f"{unit_sql} AS __pg_unit",
-                f"{_rank(unit_sql, all_cols)} AS __pg_rank",
+                f"{_rank(unit_sql, all_cols, dialect)} AS __pg_rank",
             ]
         )
         kept = f" WHERE __pg_rank <= {int(max_rows_per_unit)}"
@@ -91,9 +96,19 @@ def bound_and_emit(
     )
 
 
-def _rank(unit_sql: str, all_cols: str) -> str:
-    """Each row's rank among its unit's rows, by a keyed hash of the row (the salt is ``?``)."""
-    return f"ROW_NUMBER() OVER (PARTITION BY {unit_sql} ORDER BY hash(hash(?, {all_cols})))"
+def _rank(unit_sql: str, all_cols: str, dialect: str) -> str:
+    """Each row's rank among its unit's rows, by a keyed hash of the row's content.
+
+    DuckDB: its 64-bit ``hash`` of (salt, columns). PostgreSQL: ``md5`` of the salt and the row's
+    text form (deterministic: floats print shortest-exact since PostgreSQL 12). Rows that tie are
+    identical, so which of them is kept changes no aggregate.
+    """
+    salt = _SALT_REF[dialect]
+    if dialect == "postgres":
+        digest = f"md5({salt} || CAST(ROW({all_cols}) AS TEXT))"
+    else:
+        digest = f"hash(hash({salt}, {all_cols}))"
+    return f"ROW_NUMBER() OVER (PARTITION BY {unit_sql} ORDER BY {digest})"
 
 
 def snapshot_select(
@@ -106,13 +121,13 @@ def snapshot_select(
     aggregates; with a WHERE the snapshot's K rows were chosen before the filter (a utility
     bias on heavy units, never a privacy loss).
     """
-    if dialect not in SUPPORTED_DIALECTS:
-        raise Unsupported(f"warehouse dialect {dialect!r} is not supported yet")
+    if dialect != "duckdb":
+        raise Unsupported(f"bounded snapshots are not built on {dialect!r} warehouses")
     unit_sql = base_column(unit).sql(dialect=dialect)
     all_cols = ", ".join(base_column(c).sql(dialect=dialect) for c in table.columns.values())
     return (
         f"SELECT * FROM {_q(table.name, dialect)} AS {BASE} WHERE {unit_sql} IS NOT NULL "
-        f"QUALIFY {_rank(unit_sql, all_cols)} <= {int(max_rows_per_unit)}"
+        f"QUALIFY {_rank(unit_sql, all_cols, dialect)} <= {int(max_rows_per_unit)}"
     )
 
 
