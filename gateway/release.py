@@ -16,6 +16,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from budgets.cost import fraction_str
@@ -141,19 +142,95 @@ def release(plan: QueryPlan, result: ResultSet) -> Released:
     noisy = {m.column: release_measurement(m, values[m.column]) for m in plan.measurements}
     measurements = {m.column: m for m in plan.measurements}
     columns = tuple(_column_info(plan, i, measurements) for i in range(len(plan.outputs)))
+    every = (*plan.outputs, *plan.hidden)
+    n_visible = len(plan.outputs)
     out_rows: list[list[Any]] = []
     out_intervals: list[list[list[float] | None]] = []
     for g_index, group in enumerate(groups):
         row: list[Any] = []
         intervals: list[list[float] | None] = []
-        for out in plan.outputs:
-            value, interval = _cell(out, group, g_index, noisy, measurements)
+        for out in every:
+            if out.kind is OutputKind.EXPR:
+                value, interval = None, None  # filled below, from the released cells
+            else:
+                value, interval = _cell(out, group, g_index, noisy, measurements)
             row.append(value)
             intervals.append(interval)
-        out_rows.append(row)
-        out_intervals.append(intervals)
+        for i, out in enumerate(every):
+            if out.kind is OutputKind.EXPR and out.formula is not None:
+                row[i] = _finite(evaluate(out.formula, row))
+        # HAVING reads released values only (post-processing, no extra cost).
+        if plan.having is not None and not holds(plan.having, row):
+            continue
+        out_rows.append(row[:n_visible])
+        out_intervals.append(intervals[:n_visible])
     out_rows, out_intervals = _order_and_cut(plan, out_rows, out_intervals)
     return Released(columns, out_rows, out_intervals, group_info)
+
+
+def evaluate(formula: tuple[Any, ...], row: list[Any]) -> Any:
+    """A post-processing formula over released cells; NULL in, or division by zero, gives NULL."""
+    op = formula[0]
+    if op == "ref":
+        return row[formula[1]]
+    if op == "num" or op == "str":
+        return formula[1]
+    if op in ("neg", "abs"):
+        v = evaluate(formula[1], row)
+        if v is None:
+            return None
+        return -v if op == "neg" else abs(v)
+    if op == "round":
+        v = evaluate(formula[1], row)
+        return None if v is None else round(float(v), int(formula[2]))
+    a, b = evaluate(formula[1], row), evaluate(formula[2], row)
+    if a is None or b is None:
+        return None
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    if op == "/":
+        return None if b == 0 else a / b
+    raise ValueError(f"unknown formula operator {op!r}")  # pragma: no cover - planner-built
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "=": lambda a, b: a == b,
+    "<>": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def holds(condition: tuple[Any, ...], row: list[Any]) -> bool:
+    """A HAVING condition over released cells (SQL semantics: NULL comparisons are false)."""
+    op = condition[0]
+    if op == "and":
+        return holds(condition[1], row) and holds(condition[2], row)
+    if op == "or":
+        return holds(condition[1], row) or holds(condition[2], row)
+    if op == "not":
+        return not holds(condition[1], row)
+    if op == "is_null":
+        return evaluate(condition[1], row) is None
+    a, b = evaluate(condition[1], row), evaluate(condition[2], row)
+    if a is None or b is None:
+        return False
+    try:
+        return _COMPARE[op](a, b)
+    except TypeError:  # a key compared with a value of another type
+        return False
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _cell(
@@ -176,6 +253,8 @@ def _cell(
         half = cal.ci95_halfwidth / m.fixed_point
         total: int | float = raw if m.fixed_point == 1 else raw / m.fixed_point
         return total, [total - half, total + half]
+    if out.kind in (OutputKind.VAR, OutputKind.STDDEV):
+        return _variance(out, g, noisy, measurements), None
     # AVG: noisy sum / noisy count, clamped to the declared bounds (post-processing).
     d = measurements[out.denominator]
     total = noisy[m.column][g] / m.fixed_point
@@ -193,10 +272,37 @@ def _cell(
     return value, [max(min(corners), low), min(max(corners), high)]
 
 
+def _variance(
+    out: Any, g: int, noisy: dict[str, list[int]], measurements: dict[str, Measurement]
+) -> float:
+    """VAR/STDDEV from noisy SUM(x), SUM(x²) and COUNT(x), clamped to what [low, high] allows."""
+    m, d, q = measurements[out.measurement], measurements[out.denominator], measurements[out.second]
+    n = max(noisy[d.column][g], 1)
+    low, high = out.bounds
+    mean = min(max(noisy[m.column][g] / m.fixed_point / n, low), high)
+    square = noisy[q.column][g] / q.fixed_point / n
+    # Values in [low, high] have a population variance of at most ((high - low) / 2)².
+    var = min(max(square - mean * mean, 0.0), ((high - low) / 2) ** 2)
+    if not out.population and n > 1:
+        var = var * n / (n - 1)
+    return math.sqrt(var) if out.kind is OutputKind.STDDEV else var
+
+
 def _column_info(plan: QueryPlan, i: int, measurements: dict[str, Measurement]) -> ColumnInfo:
     out = plan.outputs[i]
     if out.kind is OutputKind.KEY:
         return ColumnInfo(out.name, out.type.value, False)
+    if out.kind is OutputKind.EXPR:
+        return ColumnInfo(out.name, out.type.value, True, mechanism="post-processing")
+    if out.kind in (OutputKind.VAR, OutputKind.STDDEV):
+        parts = [measurements[c] for c in (out.measurement, out.denominator, out.second) if c]
+        return ColumnInfo(
+            out.name,
+            out.type.value,
+            True,
+            mechanism="discrete_laplace sum, sum of squares and count",
+            epsilon=fraction_str(sum((p.epsilon for p in parts), Fraction(0))),
+        )
     assert out.measurement is not None
     m = measurements[out.measurement]
     cal = calibrate(m.sensitivity, m.epsilon)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from fractions import Fraction
+from typing import Any
 
 from budgets.cost import PrivacyCost
 from rewriter.catalog import LogicalType
@@ -20,6 +21,9 @@ from rewriter.policy import Scalar
 class MeasurementKind(StrEnum):
     COUNT = "count"  # integer count of bounded rows
     SUM = "sum"  # integer (fixed-point) sum of clamped values
+    COUNT_UNITS = "count_units"  # COUNT(DISTINCT unit): people
+    COUNT_DISTINCT = "count_distinct"  # COUNT(DISTINCT dimension)
+    QUANTILE = "quantile"  # a list of clamped values per group, released by OpenDP's quantile
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,9 @@ class Measurement:
     epsilon: Fraction
     fixed_point: int = 1
     description: str = ""
+    #: QUANTILE: the quantile (0 < alpha < 1) and the candidate grid over the declared bounds.
+    alpha: float | None = None
+    candidates: tuple[float, ...] = ()
 
 
 class OutputKind(StrEnum):
@@ -44,6 +51,11 @@ class OutputKind(StrEnum):
     COUNT = "count"
     SUM = "sum"
     AVG = "avg"
+    VAR = "var"  # from SUM(x), SUM(x²), COUNT(x)
+    STDDEV = "stddev"
+    QUANTILE = "quantile"
+    #: Arithmetic over other released outputs (post-processing).
+    EXPR = "expr"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,13 @@ class OutputColumn:
     denominator: str | None = None
     #: For AVG: clamp the released ratio to these bounds (post-processing).
     bounds: tuple[float, float] | None = None
+    #: For VAR/STDDEV: the sum-of-squares measurement; ``population``: divide by n, not n - 1.
+    second: str | None = None
+    population: bool = False
+    #: For EXPR: a formula tree over outputs (``("ref", i)`` indexes ``outputs + hidden``):
+    #: ``("num", x)``, ``("neg", f)``, ``("+"|"-"|"*"|"/", f, g)``, ``("round", f, digits)``,
+    #: ``("abs", f)``.
+    formula: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +138,15 @@ class QueryPlan:
     order_by: tuple[SortKey, ...] = ()
     limit: int | None = None
     offset: int = 0
+    #: Outputs computed for HAVING or formulas but not returned (``("ref", i)`` with
+    #: ``i >= len(outputs)`` points here).
+    hidden: tuple[OutputColumn, ...] = ()
+    #: HAVING, evaluated on released values: a tree of ``("and"|"or", p, q)``, ``("not", p)``,
+    #: ``(op, f, g)`` with op in = <> < <= > >=, ``("is_null", f)``, over formulas.
+    having: tuple[Any, ...] | None = None
+    #: How many rows one unit may contribute to the aggregated relation (K; K·K' for a join on
+    #: the unit; 1 after per-unit pre-aggregation): the multiplier in every sensitivity.
+    rows_per_unit: int = 0
 
     @property
     def zero_fill(self) -> bool:

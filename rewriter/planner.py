@@ -22,14 +22,15 @@ from rewriter.plan import (
     QueryPlan,
     Threshold,
 )
-from rewriter.policy import ColumnClass
+from rewriter.policy import ColumnClass, Scalar
 from rewriter.rules.allow_nodes import allow_nodes
 from rewriter.rules.bound_and_emit import SALT_PARAMETER, UNITS_COLUMN, bound_and_emit
 from rewriter.rules.check_where import check_where
 from rewriter.rules.order_limit import order_limit
 from rewriter.rules.resolve_columns import resolve_columns
 from rewriter.rules.resolve_table import resolve_table
-from rewriter.rules.shape_aggregates import shape_aggregates, sum_sensitivity
+from rewriter.rules.row_expr import RowValue
+from rewriter.rules.shape_aggregates import OutputDraft, shape_aggregates, sum_sensitivity
 
 #: Smallest epsilon a query may ask for: below it the noise swamps any answer, and the scales
 #: (sensitivity / epsilon) leave the range the samplers are calibrated for.
@@ -62,9 +63,8 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
     if resolved.table.public:
         return _public_plan(tree, resolved.table, request)
     dataset = catalog.datasets[resolved.table.dataset]
-    shape = shape_aggregates(tree, resolution)
-    if tree.args.get("having") is not None:  # pragma: no cover - allow_nodes rejects HAVING
-        raise Unsupported("HAVING is not supported yet")
+    unit = resolved.table.columns[dataset.privacy_unit.lower()]
+    shape = shape_aggregates(tree, resolution, dialect=request.dialect, unit=unit)
     ordering = order_limit(tree, shape.outputs, resolution)
     epsilon = _epsilon(
         request.epsilon,
@@ -73,12 +73,12 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
     )
     k = dataset.defaults.max_rows_per_unit
     prebounded = request.prebounded.get(resolved.table.name.lower()) == k
-    needs_threshold = any(key.values is None for key in shape.keys)
+    domains = [_domain(key) for key in shape.keys]
+    needs_threshold = any(d is None for d in domains)
     if not shape.measurements:
         raise Unsupported("a query on a protected table needs at least one aggregate")
     n_parts = len(shape.measurements) + (1 if needs_threshold else 0)
     share = epsilon / n_parts
-    unit = resolved.table.columns[dataset.privacy_unit.lower()]
     emit = partial(
         bound_and_emit,
         table=resolved.table,
@@ -96,10 +96,10 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
         Measurement(
             column=f"m{i}",
             kind=m.kind,
-            sensitivity=sum_sensitivity(m, k),
+            sensitivity=sum_sensitivity(m, k, grouped=bool(shape.keys)),
             epsilon=share,
             fixed_point=m.fixed_point,
-            description=_describe(m.kind.value, m.column.name if m.column else "*", m.clamp),
+            description=_describe(m.kind.value, m.source, m.clamp),
         )
         for i, m in enumerate(shape.measurements)
     )
@@ -120,18 +120,8 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
         if needs_threshold
         else None
     )
-    outputs = tuple(
-        OutputColumn(
-            name=o.name,
-            kind=o.kind,
-            type=o.type,
-            key_index=o.key_index,
-            measurement=f"m{o.measurement}" if o.measurement is not None else None,
-            denominator=f"m{o.denominator}" if o.denominator is not None else None,
-            bounds=o.bounds,
-        )
-        for o in shape.outputs
-    )
+    outputs = tuple(_output_column(o) for o in shape.outputs)
+    hidden = tuple(_output_column(o) for o in shape.hidden)
     return QueryPlan(
         dataset=resolved.table.dataset,
         tables=(resolved.table.name,),
@@ -143,7 +133,12 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
         protected=True,
         outputs=outputs,
         group_keys=tuple(
-            GroupKey(column=f"k{i}", source=k_.name, type=k_.type, public_domain=k_.values)
+            GroupKey(
+                column=f"k{i}",
+                source=k_.column.name if k_.column is not None else k_.source,
+                type=k_.type,
+                public_domain=domains[i],
+            )
             for i, k_ in enumerate(shape.keys)
         ),
         measurements=measurements,
@@ -153,6 +148,30 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
         order_by=ordering.order_by,
         limit=ordering.limit,
         offset=ordering.offset,
+        hidden=hidden,
+        having=shape.having,
+        rows_per_unit=k,
+    )
+
+
+def _domain(key: RowValue) -> tuple[Scalar, ...] | None:
+    """The declared public values of a key that is a bare dimension column, else None
+    (generalising expressions are released through the threshold)."""
+    return key.column.values if key.column is not None else None
+
+
+def _output_column(o: OutputDraft) -> OutputColumn:
+    return OutputColumn(
+        name=o.name,
+        kind=o.kind,
+        type=o.type,
+        key_index=o.key_index,
+        measurement=f"m{o.measurement}" if o.measurement is not None else None,
+        denominator=f"m{o.denominator}" if o.denominator is not None else None,
+        bounds=o.bounds,
+        second=f"m{o.second}" if o.second is not None else None,
+        population=o.population,
+        formula=o.formula,
     )
 
 
@@ -181,6 +200,10 @@ def _epsilon(requested: float | str | None, default: float, query_max: object) -
 def _describe(kind: str, column: str, clamp: tuple[int | float, int | float] | None) -> str:
     if kind == "count":
         return "COUNT(*)" if column == "*" else f"COUNT({column})"
+    if kind == "count_units":
+        return "COUNT(DISTINCT unit): people"
+    if kind == "count_distinct":
+        return f"COUNT(DISTINCT {column})"
     assert clamp is not None
     return f"SUM({column} clamped to [{clamp[0]}, {clamp[1]}])"
 

@@ -194,7 +194,7 @@ MUST_REJECT: list[tuple[str, str]] = [
     ("SELECT COUNT(*) FROM visits WHERE department = CAST('x' AS INT)", FN),
     # Surprising: CASE is a sqlglot Func, so it is function_not_allowed ("function case()").
     ("SELECT COUNT(CASE WHEN department = 'er' THEN CAST('x' AS INT) END) FROM visits", FN),
-    ("SELECT COUNT(*) FROM visits WHERE CASE WHEN cost > 1 THEN TRUE END", FN),
+    ("SELECT COUNT(*) FROM visits WHERE CASE WHEN cost > 1 THEN TRUE END", UNSUPPORTED),
     # Literals of the wrong type would make the warehouse cast data.
     ("SELECT COUNT(*) FROM visits WHERE department = 3", TYPE),
     ("SELECT COUNT(*) FROM visits WHERE cost = 'abc'", TYPE),
@@ -238,19 +238,10 @@ MUST_REJECT: list[tuple[str, str]] = [
     ("SELECT COUNT(*) FROM visits UNION SELECT COUNT(*) FROM visits", UNSUPPORTED),
     ("SELECT COUNT(*) FROM visits EXCEPT SELECT COUNT(*) FROM patients", UNSUPPORTED),
     ("SELECT COUNT(*) OVER () FROM visits", UNSUPPORTED),
-    (
-        "SELECT department, COUNT(*) FROM visits GROUP BY department HAVING COUNT(*) > 5",
-        UNSUPPORTED,
-    ),
     ("SELECT DISTINCT department FROM visits", UNSUPPORTED),
-    ("SELECT COUNT(DISTINCT department) FROM visits", UNSUPPORTED),
-    ("SELECT COUNT(DISTINCT patient_id) FROM visits", UNSUPPORTED),
     ("SELECT COUNT(*) FILTER (WHERE cost > 5) FROM visits", UNSUPPORTED),
     ("SELECT COUNT(*) FROM visits TABLESAMPLE (10 PERCENT)", UNSUPPORTED),
     ("SELECT COUNT(*) FROM visits WHERE department LIKE 'o%'", UNSUPPORTED),
-    ("SELECT SUM(cost + 1) FROM visits", UNSUPPORTED),
-    ("SELECT SUM(cost) / COUNT(*) FROM visits", UNSUPPORTED),
-    ("SELECT COUNT(1) FROM visits", UNSUPPORTED),
     ("SELECT department, COUNT(*) FROM visits GROUP BY ROLLUP (department)", UNSUPPORTED),
     ("SELECT department, COUNT(*) FROM visits GROUP BY ALL", UNSUPPORTED),
     ("SELECT department FROM visits GROUP BY department", UNSUPPORTED),  # no aggregate
@@ -552,7 +543,8 @@ def test_avg_is_a_sum_over_a_count(catalog: Catalog) -> None:
     num, den = by_name[out.measurement], by_name[out.denominator]
     assert (num.kind, num.sensitivity, num.fixed_point) == (MeasurementKind.SUM, 25_000_000, 1000)
     assert (den.kind, den.sensitivity) == (MeasurementKind.COUNT, 5)
-    assert 'COUNT("c_cost")' in p.warehouse_sql  # non-null costs, not all rows
+    assert 'COUNT("a0")' in p.warehouse_sql  # non-null costs, not all rows
+    assert 'END) AS "a0"' in p.warehouse_sql and '__pg_t."cost"' in p.warehouse_sql
 
 
 def test_repeated_aggregates_are_measured_once(catalog: Catalog) -> None:
@@ -710,8 +702,10 @@ def test_redacted_sql_holds_no_analyst_literal(catalog: Catalog) -> None:
 
 def test_warehouse_sql_clamps_measures(catalog: Catalog) -> None:
     p = plan(catalog, "SELECT SUM(cost), SUM(los_days) FROM visits")
-    assert 'LEAST(GREATEST("c_cost", 0.0), 5000.0) END * 1000' in p.warehouse_sql
-    assert 'LEAST(GREATEST("c_los_days", 0), 30)' in p.warehouse_sql
+    # Clamped where read (in double precision), and again at the sum to the expression's bounds.
+    assert 'LEAST(GREATEST(CAST(__pg_t."cost" AS DOUBLE), 0), 5000)' in p.warehouse_sql
+    assert 'LEAST(GREATEST("a0", 0.0), 5000.0) END) * 1000' in p.warehouse_sql
+    assert 'LEAST(GREATEST("a1", 0), 30) END) * 1) AS BIGINT)' in p.warehouse_sql
 
 
 def test_where_is_rebuilt_with_typed_literals(catalog: Catalog) -> None:

@@ -24,6 +24,7 @@ from rewriter.catalog import CatalogColumn, CatalogTable
 from rewriter.errors import Unsupported
 from rewriter.plan import MeasurementKind
 from rewriter.rules.check_where import BASE, base_column
+from rewriter.rules.row_expr import RowValue
 from rewriter.rules.shape_aggregates import MeasurementDraft
 
 UNITS_COLUMN = "__pg_units"
@@ -44,7 +45,7 @@ def bound_and_emit(
     *,
     table: CatalogTable,
     unit: CatalogColumn,
-    keys: tuple[CatalogColumn, ...],
+    keys: tuple[RowValue, ...],
     measurements: tuple[MeasurementDraft, ...],
     predicate: exp.Expression | None,
     max_rows_per_unit: int,
@@ -54,19 +55,19 @@ def bound_and_emit(
 ) -> str:
     """Return the warehouse SQL computing one row per group: keys k0.., measurements m0.., units.
 
+    Row expressions (group keys ``g<i>``, aggregate arguments ``a<j>``) are computed in the
+    inner query over the base table ``__pg_t``; the outer query aggregates the kept rows.
     ``prebounded``: ``table`` is a bounded snapshot with at most ``max_rows_per_unit`` rows per
     unit; no ranking (and no salt parameter) is emitted.
     """
     if dialect not in SUPPORTED_DIALECTS:
         raise Unsupported(f"warehouse dialect {dialect!r} is not supported yet")
-    needed: dict[str, CatalogColumn] = {k.name: k for k in keys}
+    inner_cols = [f"{k.sql} AS {_q(f'g{i}', dialect)}" for i, k in enumerate(keys)]
+    args: dict[str, str] = {}
     for m in measurements:
-        if m.column is not None:
-            needed[m.column.name] = m.column
-    inner_cols = [
-        f"{base_column(c).sql(dialect=dialect)} AS {_q('c_' + c.name, dialect)}"
-        for c in needed.values()
-    ]
+        if m.arg is not None and m.arg.sql not in args:
+            args[m.arg.sql] = f"a{len(args)}"
+            inner_cols.append(f"{m.arg.sql} AS {_q(args[m.arg.sql], dialect)}")
     unit_sql = base_column(unit).sql(dialect=dialect)
     all_cols = ", ".join(base_column(c).sql(dialect=dialect) for c in table.columns.values())
     where = f"{unit_sql} IS NOT NULL"
@@ -84,9 +85,10 @@ def bound_and_emit(
             ]
         )
         kept = f" WHERE __pg_rank <= {int(max_rows_per_unit)}"
-    outer: list[str] = [f"{_q('c_' + k.name, dialect)} AS k{i}" for i, k in enumerate(keys)]
+    outer: list[str] = [f"{_q(f'g{i}', dialect)} AS k{i}" for i in range(len(keys))]
     for i, m in enumerate(measurements):
-        outer.append(f"{_measurement_sql(m, dialect)} AS m{i}")
+        arg = _q(args[m.arg.sql], dialect) if m.arg is not None else ""
+        outer.append(f"{_measurement_sql(m, arg)} AS m{i}")
     if with_units:
         outer.append(f"COUNT(DISTINCT __pg_unit) AS {UNITS_COLUMN}")
     group = f" GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}" if keys else ""
@@ -131,17 +133,18 @@ def snapshot_select(
     )
 
 
-def _measurement_sql(m: MeasurementDraft, dialect: str) -> str:
+def _measurement_sql(m: MeasurementDraft, arg: str) -> str:
     if m.kind is MeasurementKind.COUNT:
-        return "COUNT(*)" if m.column is None else f"COUNT({_q('c_' + m.column.name, dialect)})"
-    assert m.column is not None and m.clamp is not None
+        return "COUNT(*)" if m.arg is None else f"COUNT({arg})"
+    if m.kind is MeasurementKind.COUNT_UNITS:
+        return "COUNT(DISTINCT __pg_unit)"
+    if m.kind is MeasurementKind.COUNT_DISTINCT:
+        return f"COUNT(DISTINCT {arg})"
+    assert m.kind is MeasurementKind.SUM and m.clamp is not None
     low, high = m.clamp
-    col = _q("c_" + m.column.name, dialect)
     # GREATEST/LEAST skip NULLs in DuckDB (and PostgreSQL): without the CASE a NULL would be
     # summed as `low`. NaN and ±inf are clamped into [low, high].
     clamped = (
-        f"CASE WHEN {col} IS NULL THEN NULL ELSE LEAST(GREATEST({col}, {low!r}), {high!r}) END"
+        f"CASE WHEN {arg} IS NULL THEN NULL ELSE LEAST(GREATEST({arg}, {low!r}), {high!r}) END"
     )
-    if m.fixed_point == 1:
-        return f"SUM(CAST({clamped} AS BIGINT))"
-    return f"SUM(CAST(ROUND({clamped} * {m.fixed_point}) AS BIGINT))"
+    return f"SUM(CAST(ROUND(({clamped}) * {m.fixed_point}) AS BIGINT))"

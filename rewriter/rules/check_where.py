@@ -96,6 +96,11 @@ def _predicate(node: exp.Expression, res: Resolution) -> exp.Expression:
     raise Unsupported(f"this WHERE condition is not supported: {shown(node)}")
 
 
+def predicate(node: exp.Expression, res: Resolution) -> exp.Expression:
+    """A sanitized copy of one boolean condition (CASE WHEN conditions use the same rules)."""
+    return _predicate(node, res)
+
+
 def _flip(node: exp.Expression) -> exp.Expression:
     flipped: dict[type[exp.Expression], type[exp.Expression]] = {
         exp.GT: exp.LT,

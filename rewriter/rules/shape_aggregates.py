@@ -1,15 +1,20 @@
 """Rule 5: a query on a protected table releases only group keys and allowed aggregates.
 
-Each SELECT item is either a GROUP BY key (a *dimension*) or COUNT(*), COUNT(col), SUM(measure) or
-AVG(measure). Identifiers can never be selected or grouped on (they single people out); measures
-only appear inside aggregates, clamped to their declared bounds. The result is a list of output
-drafts, the group keys, and the integer measurements the warehouse must compute per group.
+Each SELECT item is a GROUP BY key (a dimension, or a generalising expression of one), an
+aggregate — COUNT(*), COUNT(x), COUNT(DISTINCT unit), COUNT(DISTINCT dimension), SUM, AVG,
+VARIANCE/VAR_POP/VAR_SAMP, STDDEV/STDDEV_POP/STDDEV_SAMP over row expressions with bounds
+(``rewriter.rules.row_expr``) — or arithmetic over aggregates and numbers, computed after the
+noise. HAVING filters released rows the same way. Identifiers can never be selected or grouped on
+(they single people out); measures only appear inside aggregates, clamped to their bounds. The
+result is the output drafts, the group keys, and the integer measurements the warehouse computes
+per group.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlglot import exp
 
@@ -25,6 +30,7 @@ from rewriter.errors import (
 from rewriter.plan import MeasurementKind, OutputKind
 from rewriter.policy import ColumnClass
 from rewriter.rules.resolve_columns import Resolution
+from rewriter.rules.row_expr import RowCompiler, RowValue
 
 #: Float measures are summed as integers of 1/FIXED_POINT: integer sums are exact and reproducible
 #: (DuckDB's SUM(DOUBLE) is not), and their sensitivity is an exact integer.
@@ -33,17 +39,43 @@ FIXED_POINT = 1000
 #: sensitivity stays below 2^50, so noise scales stay far inside the 64-bit range.
 MAX_PER_ROW = 10**11
 
+_VARIANCES: dict[type[exp.Expression], tuple[OutputKind, bool]] = {
+    exp.Variance: (OutputKind.VAR, False),
+    exp.VariancePop: (OutputKind.VAR, True),
+    exp.Stddev: (OutputKind.STDDEV, False),
+    exp.StddevSamp: (OutputKind.STDDEV, False),
+    exp.StddevPop: (OutputKind.STDDEV, True),
+}
+_COMPARISONS: dict[type[exp.Expression], str] = {
+    exp.EQ: "=",
+    exp.NEQ: "<>",
+    exp.LT: "<",
+    exp.LTE: "<=",
+    exp.GT: ">",
+    exp.GTE: ">=",
+}
+_ARITH: dict[type[exp.Expression], str] = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/"}
+
 
 @dataclass(frozen=True, slots=True)
 class MeasurementDraft:
     kind: MeasurementKind
-    column: CatalogColumn | None  # None for COUNT(*)
+    #: The row expression aggregated; None for COUNT(*) and COUNT(DISTINCT unit).
+    arg: RowValue | None
     fixed_point: int = 1
     clamp: tuple[int | float, int | float] | None = None
 
     @property
+    def column(self) -> CatalogColumn | None:
+        return self.arg.column if self.arg is not None else None
+
+    @property
     def signature(self) -> tuple[str, str]:
-        return (self.kind.value, self.column.name if self.column is not None else "*")
+        return (self.kind.value, self.arg.sql if self.arg is not None else "*")
+
+    @property
+    def source(self) -> str:
+        return self.arg.source if self.arg is not None else "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,38 +88,94 @@ class OutputDraft:
     denominator: int | None = None
     bounds: tuple[float, float] | None = None
     source_sql: str = ""
+    second: int | None = None
+    population: bool = False
+    formula: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Shape:
     outputs: tuple[OutputDraft, ...]
-    keys: tuple[CatalogColumn, ...]
+    keys: tuple[RowValue, ...]
     measurements: tuple[MeasurementDraft, ...]
+    hidden: tuple[OutputDraft, ...] = ()
+    having: tuple[Any, ...] | None = None
 
 
-def shape_aggregates(tree: exp.Select, resolution: Resolution) -> Shape:
-    """Classify the SELECT list and GROUP BY of a protected query."""
+@dataclass
+class _Builder:
+    compiler: RowCompiler
+    res: Resolution
+    keys: list[RowValue]
+    unit: CatalogColumn | None
+    measurements: list[MeasurementDraft] = field(default_factory=list)
+    outputs: list[OutputDraft] = field(default_factory=list)
+    hidden: list[OutputDraft] = field(default_factory=list)
+
+    def add_measurement(self, draft: MeasurementDraft) -> int:
+        for i, m in enumerate(self.measurements):
+            if m.signature == draft.signature:
+                return i
+        self.measurements.append(draft)
+        return len(self.measurements) - 1
+
+    def ref(self, draft: OutputDraft) -> tuple[str, int]:
+        """A formula reference to ``draft``: an output with the same source, or a hidden one."""
+        for i, out in enumerate(self.outputs):
+            if out.source_sql == draft.source_sql and out.kind is draft.kind:
+                return ("ref", i)
+        for i, out in enumerate(self.hidden):
+            if out.source_sql == draft.source_sql and out.kind is draft.kind:
+                return ("ref", -(i + 1))  # fixed up once the visible outputs are known
+        self.hidden.append(draft)
+        return ("ref", -len(self.hidden))
+
+
+def shape_aggregates(
+    tree: exp.Select,
+    resolution: Resolution,
+    *,
+    dialect: str = "duckdb",
+    unit: CatalogColumn | None = None,
+) -> Shape:
+    """Classify the SELECT list, GROUP BY and HAVING of a protected query."""
     items = list(tree.expressions)
     if any(isinstance(e, exp.Star) for e in items):
         raise AggregationRequired("SELECT * returns rows of a protected table")
-    keys = _group_keys(tree, resolution)
-    measurements: list[MeasurementDraft] = []
-    outputs: list[OutputDraft] = []
+    compiler = RowCompiler(resolution, dialect)
+    keys = _group_keys(tree, resolution, compiler)
+    b = _Builder(compiler, resolution, keys, unit)
     for item in items:
         name = item.alias_or_name if isinstance(item, exp.Alias) else ""
         expr = item.this if isinstance(item, exp.Alias) else item
-        outputs.append(_output(expr, name, keys, resolution, measurements))
-    return Shape(tuple(outputs), tuple(keys), tuple(measurements))
+        b.outputs.append(_output(expr, name, b))
+    having = None
+    node = tree.args.get("having")
+    if node is not None:
+        having = _condition(node.this, b, tree)
+    n = len(b.outputs)
+    outputs = [_fix(o, n) for o in b.outputs]
+    hidden = [_fix(o, n) for o in b.hidden]
+    return Shape(
+        tuple(outputs),
+        tuple(keys),
+        tuple(b.measurements),
+        tuple(hidden),
+        _fix_tree(having, n) if having is not None else None,
+    )
 
 
-def _group_keys(tree: exp.Select, res: Resolution) -> list[CatalogColumn]:
+# -- GROUP BY ---------------------------------------------------------------------------------
+
+
+def _group_keys(tree: exp.Select, res: Resolution, compiler: RowCompiler) -> list[RowValue]:
     group = tree.args.get("group")
     if group is None:
         return []
     if any(group.args.get(k) for k in ("grouping_sets", "cube", "rollup", "totals", "all")):
         raise Unsupported("GROUPING SETS, CUBE, ROLLUP and GROUP BY ALL are not supported")
     items = list(tree.expressions)
-    keys: list[CatalogColumn] = []
+    keys: list[RowValue] = []
     for node in group.expressions:
         target: exp.Expression = node
         if isinstance(node, exp.Literal) and not node.is_string:
@@ -99,9 +187,11 @@ def _group_keys(tree: exp.Select, res: Resolution) -> list[CatalogColumn]:
             target = items[index].this if isinstance(items[index], exp.Alias) else items[index]
         elif isinstance(node, exp.Column) and id(node) not in res:
             target = _alias_target(items, node.name)
-        col = _dimension(target, res, "GROUP BY")
-        if col.name not in {k.name for k in keys}:
-            keys.append(col)
+        if target.find(exp.AggFunc) is not None:
+            raise Unsupported("GROUP BY cannot name an aggregate")
+        key = compiler.key(target)
+        if key.sql not in {k.sql for k in keys}:
+            keys.append(key)
     return keys
 
 
@@ -113,150 +203,344 @@ def _alias_target(items: list[exp.Expression], name: str) -> exp.Expression:
     raise Unsupported(f"GROUP BY {name} names no column")
 
 
-def _dimension(node: exp.Expression, res: Resolution, where: str) -> CatalogColumn:
-    if not isinstance(node, exp.Column) or id(node) not in res:
-        raise Unsupported(f"{where} supports plain dimension columns only (expressions come later)")
-    col = res[id(node)]
-    if col.cls is ColumnClass.IDENTIFIER:
-        raise IdentifierReference(f"identifier column {col.name} cannot be used in {where}")
-    if col.cls is ColumnClass.MEASURE:
-        raise MeasureMisuse(f"measure {col.name} cannot be used in {where}; aggregate it instead")
-    if col.cls is ColumnClass.MASKED:
-        raise MaskedColumn(f"masked column {col.name} cannot be used in {where}")
-    if col.cls is not ColumnClass.DIMENSION:
-        raise Unsupported(f"column {col.name} cannot be used in {where}")
-    if col.type is LogicalType.OTHER:
-        raise Unsupported(f"column {col.name} has a type that cannot be grouped on")
-    return col
-
-
-def _output(
-    expr: exp.Expression,
-    alias: str,
-    keys: list[CatalogColumn],
-    res: Resolution,
-    measurements: list[MeasurementDraft],
-) -> OutputDraft:
-    source = expr.sql(dialect="postgres")
+def _key_index(expr: exp.Expression, b: _Builder) -> int | None:
+    """The GROUP BY key ``expr`` is (by column, or by the same expression), if any."""
+    while isinstance(expr, exp.Paren):
+        expr = expr.this
     if isinstance(expr, exp.Column):
-        col = res.get(id(expr))
+        col = b.res.get(id(expr))
+        for i, k in enumerate(b.keys):
+            if col is not None and k.column is not None and k.column.name == col.name:
+                return i
+        return None
+    try:
+        compiled = b.compiler.key(expr)
+    except Exception:
+        return None
+    for i, k in enumerate(b.keys):
+        if k.sql == compiled.sql:
+            return i
+    return None
+
+
+# -- SELECT items -----------------------------------------------------------------------------
+
+
+def _output(expr: exp.Expression, alias: str, b: _Builder) -> OutputDraft:
+    source = expr.sql(dialect="postgres")
+    if expr.find(exp.AggFunc) is None:
+        return _key_output(expr, alias, b, source)
+    if isinstance(expr, exp.AggFunc):
+        return _aggregate(expr, alias, b)
+    formula = _formula(expr, b)
+    return OutputDraft(
+        alias or "expr", OutputKind.EXPR, LogicalType.FLOAT, source_sql=source, formula=formula
+    )
+
+
+def _key_output(expr: exp.Expression, alias: str, b: _Builder, source: str) -> OutputDraft:
+    if isinstance(expr, exp.Column):
+        col = b.res.get(id(expr))
         if col is not None and col.cls is ColumnClass.IDENTIFIER:
             raise IdentifierReference(f"identifier column {col.name} cannot be selected")
         if col is not None and col.cls is ColumnClass.MEASURE:
-            raise MeasureMisuse(f"measure {col.name} can only be released inside SUM, AVG or COUNT")
-        if col is None or col.name not in {k.name for k in keys}:
-            raise AggregationRequired(
-                f"column {expr.name} must appear in GROUP BY or be used in an aggregate"
+            raise MeasureMisuse(
+                f"measure {col.name} can only be released inside SUM, AVG or COUNT",
+                hint=f"Aggregate it, e.g. SUM({col.name}) or AVG({col.name}).",
             )
-        index = [k.name for k in keys].index(col.name)
-        return OutputDraft(
-            alias or col.name, OutputKind.KEY, col.type, key_index=index, source_sql=source
+    if isinstance(expr, exp.Literal | exp.Neg | exp.Boolean | exp.Null | exp.Cast):
+        raise Unsupported("constant select items are not supported on protected tables")
+    index = _key_index(expr, b)
+    if index is None:
+        label = expr.name if isinstance(expr, exp.Column) else shown(expr, 60)
+        raise AggregationRequired(
+            f"column {label} must appear in GROUP BY or be used in an aggregate"
         )
+    key = b.keys[index]
+    name = alias or (key.column.name if key.column is not None else expr.alias_or_name or "key")
+    return OutputDraft(name, OutputKind.KEY, key.type, key_index=index, source_sql=source)
+
+
+def _aggregate(expr: exp.Expression, alias: str, b: _Builder) -> OutputDraft:
+    source = expr.sql(dialect="postgres")
     if isinstance(expr, exp.Count):
-        arg = expr.this
-        if isinstance(arg, exp.Star):
-            m = _add(measurements, MeasurementDraft(MeasurementKind.COUNT, None))
-        else:
-            col = _counted(arg, res)
-            m = _add(measurements, MeasurementDraft(MeasurementKind.COUNT, col))
-        return OutputDraft(
-            alias or "count",
-            OutputKind.COUNT,
-            LogicalType.INTEGER,
-            measurement=m,
-            source_sql=source,
-        )
+        return _count(expr, alias, b, source)
     if isinstance(expr, exp.Sum | exp.Avg):
-        col = _measure(expr.this, res, "SUM" if isinstance(expr, exp.Sum) else "AVG")
-        s = _add(measurements, _sum_draft(col))
-        assert col.bounds is not None
+        fn = "SUM" if isinstance(expr, exp.Sum) else "AVG"
+        value = _bounded(expr.this, fn, b)
+        draft = sum_draft(value)
+        s = b.add_measurement(draft)
         if isinstance(expr, exp.Sum):
-            out_type = (
-                LogicalType.INTEGER if _sum_draft(col).fixed_point == 1 else LogicalType.FLOAT
-            )
+            kind = LogicalType.INTEGER if draft.fixed_point == 1 else LogicalType.FLOAT
             return OutputDraft(
-                alias or "sum", OutputKind.SUM, out_type, measurement=s, source_sql=source
+                alias or "sum", OutputKind.SUM, kind, measurement=s, source_sql=source
             )
-        c = _add(measurements, MeasurementDraft(MeasurementKind.COUNT, col))
+        c = b.add_measurement(MeasurementDraft(MeasurementKind.COUNT, value))
         return OutputDraft(
             alias or "avg",
             OutputKind.AVG,
             LogicalType.FLOAT,
             measurement=s,
             denominator=c,
-            bounds=col.bounds,
+            bounds=(value.low, value.high),
             source_sql=source,
         )
-    if isinstance(expr, exp.Literal | exp.Neg | exp.Boolean | exp.Null | exp.Cast):
-        raise Unsupported("constant select items are not supported on protected tables yet")
-    raise Unsupported(f"select item {shown(expr)} is not supported yet")
-
-
-def _counted(node: exp.Expression, res: Resolution) -> CatalogColumn:
-    if not isinstance(node, exp.Column) or id(node) not in res:
-        raise Unsupported("COUNT takes * or a column")
-    col = res[id(node)]
-    if col.cls is ColumnClass.IDENTIFIER:
+    spec = _VARIANCES.get(type(expr))
+    if spec is not None:
+        out_kind, population = spec
+        fn = type(expr).__name__.upper()
+        value = _bounded(expr.this, fn, b)
+        s = b.add_measurement(sum_draft(value))
+        s2 = b.add_measurement(sum_draft(_square(value)))
+        c = b.add_measurement(MeasurementDraft(MeasurementKind.COUNT, value))
+        return OutputDraft(
+            alias or out_kind.value,
+            out_kind,
+            LogicalType.FLOAT,
+            measurement=s,
+            denominator=c,
+            second=s2,
+            population=population,
+            bounds=(value.low, value.high),
+            source_sql=source,
+        )
+    name = type(expr).__name__.upper()
+    if isinstance(expr, exp.Min | exp.Max | exp.Median | exp.PercentileCont | exp.PercentileDisc):
         raise Unsupported(
-            f"COUNT({col.name}) counts rows; COUNT(DISTINCT {col.name}) (people) is not supported yet",
-            hint="Use COUNT(*) to count rows.",
+            f"{name} is not supported yet",
+            hint="Use AVG, or COUNT with GROUP BY width_bucket(x, …) for a distribution.",
         )
-    if col.cls is ColumnClass.MASKED:
-        raise MaskedColumn(f"masked column {col.name} cannot be counted yet")
-    return col
+    raise Unsupported(f"aggregate {shown(expr, 60)} is not supported")
 
 
-def _measure(node: exp.Expression, res: Resolution, fn: str) -> CatalogColumn:
-    if not isinstance(node, exp.Column) or id(node) not in res:
-        raise Unsupported(f"{fn} takes a measure column (expressions come later)")
-    col = res[id(node)]
-    if col.cls is ColumnClass.IDENTIFIER:
+def _count(expr: exp.Count, alias: str, b: _Builder, source: str) -> OutputDraft:
+    arg = expr.this
+    if isinstance(arg, exp.Star):
+        m = b.add_measurement(MeasurementDraft(MeasurementKind.COUNT, None))
+    elif isinstance(arg, exp.Distinct):
+        if len(arg.expressions) != 1:
+            raise Unsupported("COUNT(DISTINCT …) takes one column")
+        inner = arg.expressions[0]
+        col = b.res.get(id(inner)) if isinstance(inner, exp.Column) else None
+        if col is not None and col.cls is ColumnClass.IDENTIFIER:
+            if b.unit is None or col.name != b.unit.name:
+                raise IdentifierReference(
+                    f"COUNT(DISTINCT {col.name}) counts an identifier that is not the privacy unit",
+                    hint=f"COUNT(DISTINCT {b.unit.name if b.unit else 'unit'}) counts people.",
+                )
+            m = b.add_measurement(MeasurementDraft(MeasurementKind.COUNT_UNITS, None))
+        else:
+            value = b.compiler.value(inner, "COUNT(DISTINCT …)")
+            if value.column is None or value.column.cls is ColumnClass.MEASURE:
+                raise MeasureMisuse(
+                    "COUNT(DISTINCT …) takes the privacy unit or a dimension column",
+                    hint="Distinct values of a measure would release them; group by a bucket "
+                    "of it instead.",
+                )
+            m = b.add_measurement(MeasurementDraft(MeasurementKind.COUNT_DISTINCT, value))
+    else:
+        col = b.res.get(id(arg)) if isinstance(arg, exp.Column) else None
+        if col is not None and col.cls is ColumnClass.IDENTIFIER:
+            raise Unsupported(
+                f"COUNT({col.name}) counts rows; use COUNT(*) for rows, or "
+                f"COUNT(DISTINCT {col.name}) for people if it is the privacy unit",
+                hint="Use COUNT(*) to count rows.",
+            )
+        if col is not None and col.cls is ColumnClass.MASKED:
+            raise MaskedColumn(f"masked column {col.name} cannot be counted yet")
+        value = b.compiler.value(arg, "COUNT")
+        if value.sql == "NULL":
+            raise Unsupported("COUNT(NULL) is always 0", hint="Use COUNT(*) to count rows.")
+        m = b.add_measurement(MeasurementDraft(MeasurementKind.COUNT, value))
+    return OutputDraft(
+        alias or "count", OutputKind.COUNT, LogicalType.INTEGER, measurement=m, source_sql=source
+    )
+
+
+def _bounded(node: exp.Expression, fn: str, b: _Builder) -> RowValue:
+    """The argument of SUM/AVG/VARIANCE/STDDEV: numeric, with a finite interval."""
+    col = b.res.get(id(node)) if isinstance(node, exp.Column) else None
+    if col is not None and col.cls is ColumnClass.IDENTIFIER:
         raise IdentifierReference(f"identifier column {col.name} cannot be aggregated with {fn}")
-    if col.cls is not ColumnClass.MEASURE or col.bounds is None:
+    if col is not None and (col.cls is not ColumnClass.MEASURE or col.bounds is None):
         raise MeasureMisuse(
-            f"{fn}({col.name}) needs a measure with declared bounds; {col.name} is a {col.cls.value}",
-            hint="Ask an admin to declare the column as a measure with bounds, or use COUNT.",
+            f"{fn}({col.name}) needs a measure with declared bounds; {col.name} is a "
+            f"{col.cls.value}",
+            hint=f"Ask an admin to declare {col.name} as a measure with bounds, clamp it with "
+            f"LEAST(GREATEST({col.name}, low), high), or use COUNT.",
         )
-    if col.type not in (LogicalType.INTEGER, LogicalType.FLOAT):
-        raise MeasureMisuse(f"measure {col.name} is not numeric")
-    return col
+    value = b.compiler.value(node, fn)
+    if value.type not in (LogicalType.INTEGER, LogicalType.FLOAT):
+        raise MeasureMisuse(f"{fn}({shown(node, 60)}) needs a numeric argument")
+    if not value.bounded:
+        raise MeasureMisuse(
+            f"{fn}({shown(node, 60)}) has no bounds",
+            hint="Declare bounds for the measures it reads in the policy, or clamp it with "
+            "LEAST(GREATEST(expression, low), high).",
+        )
+    return value
 
 
-def _sum_draft(col: CatalogColumn) -> MeasurementDraft:
-    assert col.bounds is not None
-    low, high = col.bounds
+def _square(value: RowValue) -> RowValue:
+    ends = (value.low * value.low, value.high * value.high)
+    low = 0.0 if value.low <= 0 <= value.high else min(ends)
+    return RowValue(
+        f"({value.sql} * {value.sql})",
+        value.type,
+        low,
+        max(ends),
+        source=f"({value.source})^2",
+    )
+
+
+def sum_draft(value: RowValue) -> MeasurementDraft:
+    low, high = value.low, value.high
     if max(abs(low), abs(high)) * FIXED_POINT > MAX_PER_ROW:
-        # Decided from the policy alone, before any data: wider bounds could overflow the
-        # warehouse's 64-bit cast or the noise's integer range on some data and not on other.
+        # Decided from the policy and the query alone, before any data: wider bounds could
+        # overflow the warehouse's 64-bit cast or the noise's integer range on some data only.
         raise MeasureMisuse(
-            f"the bounds of {col.name} are too wide to sum exactly",
-            hint=f"Declare bounds within ±{MAX_PER_ROW // FIXED_POINT:,} for summed measures.",
+            f"the bounds of {value.source or 'this expression'} are too wide to sum exactly",
+            hint=f"Keep summed values within ±{MAX_PER_ROW // FIXED_POINT:,}.",
         )
-    if col.type is LogicalType.INTEGER and float(low).is_integer() and float(high).is_integer():
-        return MeasurementDraft(MeasurementKind.SUM, col, 1, (int(low), int(high)))
-    return MeasurementDraft(MeasurementKind.SUM, col, FIXED_POINT, (low, high))
+    if value.type is LogicalType.INTEGER and float(low).is_integer() and float(high).is_integer():
+        return MeasurementDraft(MeasurementKind.SUM, value, 1, (int(low), int(high)))
+    return MeasurementDraft(MeasurementKind.SUM, value, FIXED_POINT, (low, high))
 
 
-def _add(measurements: list[MeasurementDraft], draft: MeasurementDraft) -> int:
-    for i, m in enumerate(measurements):
-        if m.signature == draft.signature:
-            return i
-    measurements.append(draft)
-    return len(measurements) - 1
+# -- formulas over released aggregates ------------------------------------------------------
 
 
-def sum_sensitivity(draft: MeasurementDraft, max_rows_per_unit: int) -> int:
+def _formula(node: exp.Expression, b: _Builder) -> tuple[Any, ...]:
+    if isinstance(node, exp.Paren):
+        return _formula(node.this, b)
+    if isinstance(node, exp.Literal) and not node.is_string:
+        try:
+            return ("num", float(str(node.this)))
+        except ValueError:
+            raise Unsupported("a number in this expression cannot be read") from None
+    if isinstance(node, exp.Neg):
+        return ("neg", _formula(node.this, b))
+    op = _ARITH.get(type(node))
+    if op is not None:
+        return (op, _formula(node.this, b), _formula(node.expression, b))
+    if isinstance(node, exp.Round):
+        digits = node.args.get("decimals")
+        n = 0
+        if digits is not None:
+            if not (isinstance(digits, exp.Literal) and str(digits.this).isdigit()):
+                raise Unsupported("ROUND(x, n) takes a whole number n")
+            n = min(int(str(digits.this)), 15)
+        return ("round", _formula(node.this, b), n)
+    if isinstance(node, exp.Abs):
+        return ("abs", _formula(node.this, b))
+    if isinstance(node, exp.AggFunc):
+        draft = _aggregate(node, "", b)
+        return b.ref(draft)
+    raise Unsupported(
+        f"{shown(node, 60)} cannot be computed from released aggregates",
+        hint="Combine aggregates with + - * /, ROUND and ABS; put row-level logic inside the "
+        "aggregate.",
+    )
+
+
+def _condition(node: exp.Expression, b: _Builder, tree: exp.Select) -> tuple[Any, ...]:
+    if isinstance(node, exp.Paren):
+        return _condition(node.this, b, tree)
+    if isinstance(node, exp.And | exp.Or):
+        return (
+            "and" if isinstance(node, exp.And) else "or",
+            _condition(node.this, b, tree),
+            _condition(node.expression, b, tree),
+        )
+    if isinstance(node, exp.Not):
+        return ("not", _condition(node.this, b, tree))
+    if isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
+        return ("is_null", _term(node.this, b, tree))
+    op = _COMPARISONS.get(type(node))
+    if op is not None:
+        return (op, _term(node.this, b, tree), _term(node.expression, b, tree))
+    raise Unsupported(f"HAVING condition {shown(node, 60)} is not supported")
+
+
+def _term(node: exp.Expression, b: _Builder, tree: exp.Select) -> tuple[Any, ...]:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.Literal) and node.is_string:
+        return ("str", str(node.this))
+    if isinstance(node, exp.Column) and node.find(exp.AggFunc) is None:
+        if id(node) not in b.res:  # an output alias
+            for i, out in enumerate(b.outputs):
+                if out.name.lower() == node.name.lower():
+                    return ("ref", i)
+            raise Unsupported(f"HAVING {node.name} names no column of the result")
+        index = _key_index(node, b)
+        if index is None:
+            raise AggregationRequired(
+                f"column {node.name} in HAVING must be a GROUP BY key or inside an aggregate"
+            )
+        key = b.keys[index]
+        return b.ref(
+            OutputDraft(
+                key.column.name if key.column else "key",
+                OutputKind.KEY,
+                key.type,
+                key_index=index,
+                source_sql=node.sql(dialect="postgres"),
+            )
+        )
+    if node.find(exp.AggFunc) is None and _key_index(node, b) is not None:
+        index = _key_index(node, b)
+        assert index is not None
+        key = b.keys[index]
+        return b.ref(
+            OutputDraft(
+                "key",
+                OutputKind.KEY,
+                key.type,
+                key_index=index,
+                source_sql=node.sql(dialect="postgres"),
+            )
+        )
+    return _formula(node, b)
+
+
+def _fix(out: OutputDraft, n_visible: int) -> OutputDraft:
+    if out.formula is None:
+        return out
+    return OutputDraft(
+        out.name,
+        out.kind,
+        out.type,
+        source_sql=out.source_sql,
+        formula=_fix_tree(out.formula, n_visible),
+    )
+
+
+def _fix_tree(tree: tuple[Any, ...], n_visible: int) -> tuple[Any, ...]:
+    """Hidden references (negative while building) become ``n_visible + i``."""
+    if tree[0] == "ref":
+        i = tree[1]
+        return ("ref", i if i >= 0 else n_visible + (-i - 1))
+    return (tree[0], *(_fix_tree(t, n_visible) if isinstance(t, tuple) else t for t in tree[1:]))
+
+
+def sum_sensitivity(draft: MeasurementDraft, rows_per_unit: int, grouped: bool = True) -> int:
     """L1 sensitivity of a measurement over the whole vector of groups, in integer units.
 
-    One unit adds or removes at most ``max_rows_per_unit`` rows; each row changes one group's count
-    by 1, or one group's (fixed-point) sum by at most max(|low|, |high|) after clamping and rounding.
+    One unit adds or removes at most ``rows_per_unit`` rows; each row changes one group's count
+    by 1, or one group's (fixed-point) sum by at most max(|low|, |high|) after clamping and
+    rounding. COUNT(DISTINCT unit) changes by 1 in each group the unit's rows fall in: at most
+    ``rows_per_unit`` groups, and one without GROUP BY. COUNT(DISTINCT dimension) gains or loses at
+    most one value per row of the unit.
 
     >>> sum_sensitivity(MeasurementDraft(MeasurementKind.COUNT, None), 5)
     5
     """
-    if draft.kind is MeasurementKind.COUNT:
-        return max_rows_per_unit
+    if draft.kind is MeasurementKind.COUNT_UNITS:
+        return rows_per_unit if grouped else 1
+    if draft.kind in (MeasurementKind.COUNT, MeasurementKind.COUNT_DISTINCT):
+        return rows_per_unit
     assert draft.clamp is not None
     low, high = draft.clamp
     per_row = math.ceil(max(abs(low), abs(high)) * draft.fixed_point)
-    return max_rows_per_unit * max(per_row, 1)
+    return rows_per_unit * max(per_row, 1)

@@ -252,33 +252,28 @@ def test_concurrent_repeats_are_all_paid(gw: Gateway) -> None:
 # --- constructs that must be rejected ------------------------------------------------------------
 
 CASE_TRICKS = [
-    f"SELECT SUM(CASE WHEN visit_day = '{TARGET_DAY}' THEN cost ELSE 0 END) FROM visits",
-    f"SELECT COUNT(CASE WHEN visit_day = '{TARGET_DAY}' THEN 1 END) FROM visits",
-    f"SELECT AVG(CASE WHEN visit_day = '{TARGET_DAY}' THEN 5000 ELSE 0 END) FROM visits",
     f"SELECT SUM(IF(visit_day = '{TARGET_DAY}', cost, 0)) FROM visits",
     f"SELECT SUM(IIF(visit_day = '{TARGET_DAY}', cost, 0)) FROM visits",
     f"SELECT COUNT(*) FILTER (WHERE visit_day = '{TARGET_DAY}') FROM visits",
     f"SELECT SUM(cost) FILTER (WHERE visit_day = '{TARGET_DAY}') FROM visits",
     "SELECT COUNT(NULLIF(department, 'er')) FROM visits",
-    "SELECT SUM(COALESCE(cost, 0)) FROM visits",
-    "SELECT SUM(cost * 1000) FROM visits",
-    "SELECT SUM(cost + 0) FROM visits",
-    "SELECT SUM(-cost) FROM visits",
-    "SELECT SUM(ABS(cost)) FROM visits",
-    "SELECT SUM(GREATEST(cost, 1e9)) FROM visits",
+    "SELECT SUM(GREATEST(cost, 1e9)) FROM visits",  # bounds too wide to sum exactly
+    "SELECT SUM(cost / los_days) FROM visits",  # division by data
+    "SELECT SUM(cost / 0) FROM visits",
+    "SELECT SUM(birth_year) FROM patients",  # a dimension: no bounds
+    "SELECT SUM(CASE WHEN cost > 1 THEN birth_year ELSE 0 END) FROM patients",
     "SELECT CASE WHEN COUNT(*) > 10 THEN 1 ELSE 0 END FROM visits",
     "SELECT MAX(cost) FROM visits",
     "SELECT MIN(visit_day) FROM visits",
     "SELECT MEDIAN(cost) FROM visits",
-    "SELECT STDDEV(cost) FROM visits",
     "SELECT SUM(DISTINCT cost) FROM visits",
-    "SELECT COUNT(DISTINCT patient_id) FROM visits",
+    "SELECT COUNT(DISTINCT cost) FROM visits",  # distinct values of a measure
+    "SELECT COUNT(DISTINCT visit_id) FROM visits",  # an identifier that is not the unit
     "SELECT ARG_MAX(patient_id, cost) FROM visits",
     "SELECT LIST(cost) FROM visits",
     "SELECT STRING_AGG(department, ',') FROM visits",
     "SELECT SUM(cost) OVER () FROM visits",
-    "SELECT COUNT(*) * 2 FROM visits",
-    "SELECT COUNT(*) FROM visits GROUP BY department HAVING COUNT(*) < 5",
+    "SELECT SUM(CAST(department AS INT)) FROM visits",  # an error oracle
     "SELECT COUNT(*) FROM visits WHERE department LIKE 'o%'",
     "SELECT COUNT(*) FROM visits WHERE department SIMILAR TO 'o.*'",
     "SELECT COUNT(*) FROM visits WHERE regexp_matches(department, 'o.*')",
@@ -287,6 +282,61 @@ CASE_TRICKS = [
     "SELECT COUNT(*) FROM visits WHERE visit_day > DATE '2024-01-01' + INTERVAL 1 DAY",
     "SELECT COUNT(*) FROM visits WHERE random() < 0.5",
 ]
+
+#: Conditional aggregation and arithmetic that used to be refused and now have a written
+#: sensitivity argument (docs/privacy-model.md, "Expressions"): each must be answered with noise
+#: at least as large as the equivalent plain query's, scaled by the expression's bounds.
+#: (query, reference query whose per-unit bound is the same, factor on the reference's scale)
+ARGUED_TRICKS = [
+    (
+        f"SELECT SUM(CASE WHEN visit_day = '{TARGET_DAY}' THEN cost ELSE 0 END) FROM visits",
+        f"SELECT SUM(cost) FROM visits WHERE visit_day = '{TARGET_DAY}'",
+        1,
+    ),
+    (
+        f"SELECT COUNT(CASE WHEN visit_day = '{TARGET_DAY}' THEN 1 END) FROM visits",
+        f"SELECT COUNT(*) FROM visits WHERE visit_day = '{TARGET_DAY}'",
+        1,
+    ),
+    ("SELECT SUM(COALESCE(cost, 0)) FROM visits", "SELECT SUM(cost) FROM visits", 1),
+    ("SELECT SUM(cost * 1000) FROM visits", "SELECT SUM(cost) FROM visits", 1000),
+    ("SELECT SUM(cost + 0) FROM visits", "SELECT SUM(cost) FROM visits", 1),
+    ("SELECT SUM(-cost) FROM visits", "SELECT SUM(cost) FROM visits", 1),
+    ("SELECT SUM(ABS(cost)) FROM visits", "SELECT SUM(cost) FROM visits", 1),
+    ("SELECT COUNT(*) * 2 FROM visits", None, 0),
+    ("SELECT COUNT(DISTINCT patient_id) FROM visits", None, 0),
+    ("SELECT STDDEV(cost) FROM visits", None, 0),
+    ("SELECT department, COUNT(*) FROM visits GROUP BY department HAVING COUNT(*) < 5", None, 0),
+]
+
+
+@pytest.mark.parametrize(("sql", "reference", "factor"), ARGUED_TRICKS)
+def test_argued_conditional_aggregates_gain_nothing(
+    client: httpx.Client, sql: str, reference: str | None, factor: int
+) -> None:
+    """Attack: CASE inside an aggregate (or arithmetic on the clamped value) to isolate one
+    person's row or to escape the clamp.
+
+    Pass: answered (2xx) at the asked ε, charged exactly that ε (nothing for a replay); where a plain reference query
+    bounds each unit the same way, the noise scale is at least ``factor`` × the reference's, so
+    the trick learns nothing the plain query would not; HAVING sees released values only.
+    """
+    eps = 0.5
+    before = spent(client)
+    r = query(client, sql, epsilon=eps)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # A repeat (the other door asked the same) is a free replay of the paid answer.
+    assert spent(client) - before == (0 if body.get("cached") else Fraction(str(eps)))
+    if reference is not None:
+        ref = query(client, reference, epsilon=eps)
+        assert ref.status_code == 200, ref.text
+        got, want = body["columns"][0]["scale"], ref.json()["columns"][0]["scale"]
+        assert got >= factor * want * (1 - 1e-9), (got, want)
+    if "HAVING" in sql:
+        assert all(row[1] < 5 for row in body["rows"])  # filtered on the released counts
+    record("attack", name="argued trick", sql=sql, scale=body["columns"][0].get("scale"))
+
 
 JOINS = [
     "SELECT COUNT(*) FROM visits v JOIN patients p ON v.patient_id = p.patient_id",
