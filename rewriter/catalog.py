@@ -84,6 +84,8 @@ class CatalogColumn:
     cls: ColumnClass
     bounds: tuple[float, float] | None = None
     values: tuple[Scalar, ...] | None = None
+    #: The alias the emitted SQL reads this column through (one per FROM source).
+    source: str = "__pg_t"
 
     @property
     def visible(self) -> bool:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import partial
 
 from sqlglot import exp
 
 from budgets.cost import PrivacyCost, to_fraction
 from budgets.errors import QueryCostTooHigh
-from rewriter.catalog import Catalog, CatalogTable, LogicalType
+from rewriter.catalog import Catalog, CatalogColumn, CatalogTable, LogicalType
 from rewriter.errors import InvalidEpsilon, Unsupported
 from rewriter.parse import parse_select
 from rewriter.plan import (
@@ -22,15 +21,26 @@ from rewriter.plan import (
     QueryPlan,
     Threshold,
 )
-from rewriter.policy import ColumnClass, Scalar
+from rewriter.policy import ColumnClass, DatasetPolicy, Scalar
 from rewriter.rules.allow_nodes import allow_nodes
-from rewriter.rules.bound_and_emit import SALT_PARAMETER, UNITS_COLUMN, bound_and_emit
+from rewriter.rules.bound_and_emit import (
+    SALT_PARAMETER,
+    UNITS_COLUMN,
+    bound_and_emit,
+    measurement_sql,
+)
 from rewriter.rules.check_where import check_where
 from rewriter.rules.order_limit import order_limit
-from rewriter.rules.resolve_columns import resolve_columns
+from rewriter.rules.relation import emit_relation, needs_relation, resolve_relation
+from rewriter.rules.resolve_columns import Resolution, resolve_columns
 from rewriter.rules.resolve_table import resolve_table
 from rewriter.rules.row_expr import RowValue
-from rewriter.rules.shape_aggregates import OutputDraft, shape_aggregates, sum_sensitivity
+from rewriter.rules.shape_aggregates import (
+    OutputDraft,
+    Shape,
+    shape_aggregates,
+    sum_sensitivity,
+)
 
 #: Smallest epsilon a query may ask for: below it the noise swamps any answer, and the scales
 #: (sensitivity / epsilon) leave the range the samplers are calibrated for.
@@ -57,6 +67,8 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
     """Plan ``request.sql`` against ``catalog``, or raise a :class:`RewriteError` saying why not."""
     tree = parse_select(request.sql)
     allow_nodes(tree)
+    if needs_relation(tree):
+        return _relation_plan(tree, catalog, request)
     resolved = resolve_table(tree, catalog, request.granted)
     resolution = resolve_columns(tree, resolved)
     predicate = check_where(tree, resolution)
@@ -64,6 +76,105 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
         return _public_plan(tree, resolved.table, request)
     dataset = catalog.datasets[resolved.table.dataset]
     unit = resolved.table.columns[dataset.privacy_unit.lower()]
+    k = dataset.defaults.max_rows_per_unit
+    prebounded = request.prebounded.get(resolved.table.name.lower()) == k
+
+    def emit(shape: Shape, predicate: exp.Expression | None, with_units: bool) -> str:
+        return bound_and_emit(
+            table=resolved.table,
+            unit=unit,
+            keys=shape.keys,
+            measurements=shape.measurements,
+            max_rows_per_unit=k,
+            with_units=with_units,
+            dialect=request.dialect,
+            prebounded=prebounded,
+            predicate=predicate,
+        )
+
+    return _protected_plan(
+        tree,
+        request,
+        dataset_name=resolved.table.dataset,
+        dataset=dataset,
+        tables=(resolved.table.name,),
+        unit=unit,
+        resolution=resolution,
+        predicate=predicate,
+        rows_per_unit=k,
+        parameters=() if prebounded else (SALT_PARAMETER,),
+        emit=emit,
+    )
+
+
+def _relation_plan(tree: exp.Select, catalog: Catalog, request: PlanRequest) -> QueryPlan:
+    """Joins, subqueries and CTEs (rewriter.rules.relation)."""
+    relation = resolve_relation(
+        tree,
+        catalog,
+        request.granted,
+        dialect=request.dialect,
+        prebounded=dict(request.prebounded),
+    )
+    resolution = relation.resolution
+    predicate = check_where(tree, resolution)
+    dataset = catalog.datasets[relation.dataset]
+    unit_name = dataset.privacy_unit.lower()
+    unit = relation.sources[0].columns[unit_name]
+
+    def emit(shape: Shape, predicate: exp.Expression | None, with_units: bool) -> str:
+        args: dict[str, str] = {}
+        for m in shape.measurements:
+            if m.arg is not None and m.arg.sql not in args:
+                args[m.arg.sql] = f"a{len(args)}"
+        quoted = {
+            sql: exp.to_identifier(a, quoted=True).sql(request.dialect) for sql, a in args.items()
+        }
+        return emit_relation(
+            relation,
+            keys=shape.keys,
+            args=[(sql, a) for sql, a in args.items()],
+            measurements_sql=[
+                measurement_sql(m, quoted[m.arg.sql] if m.arg is not None else "")
+                for m in shape.measurements
+            ],
+            predicate=predicate,
+            with_units=with_units,
+            units_column=UNITS_COLUMN,
+            dialect=request.dialect,
+        )
+
+    return _protected_plan(
+        tree,
+        request,
+        dataset_name=relation.dataset,
+        dataset=dataset,
+        tables=relation.tables,
+        unit=unit,
+        resolution=resolution,
+        predicate=predicate,
+        rows_per_unit=relation.rows_per_unit,
+        parameters=(SALT_PARAMETER,) * relation.salt_refs,
+        emit=emit,
+        note=relation.note,
+    )
+
+
+def _protected_plan(
+    tree: exp.Select,
+    request: PlanRequest,
+    *,
+    dataset_name: str,
+    dataset: DatasetPolicy,
+    tables: tuple[str, ...],
+    unit: CatalogColumn,
+    resolution: Resolution,
+    predicate: exp.Expression | None,
+    rows_per_unit: int,
+    parameters: tuple[str, ...],
+    emit: Callable[[Shape, exp.Expression | None, bool], str],
+    note: str = "",
+) -> QueryPlan:
     shape = shape_aggregates(tree, resolution, dialect=request.dialect, unit=unit)
     ordering = order_limit(tree, shape.outputs, resolution)
     epsilon = _epsilon(
@@ -71,27 +182,18 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
         dataset.defaults.epsilon,
         dataset.budget.per_query_max if request.check_query_max else None,
     )
-    k = dataset.defaults.max_rows_per_unit
-    prebounded = request.prebounded.get(resolved.table.name.lower()) == k
+    k = rows_per_unit
     domains = [_domain(key) for key in shape.keys]
     needs_threshold = any(d is None for d in domains)
     if not shape.measurements:
         raise Unsupported("a query on a protected table needs at least one aggregate")
     n_parts = len(shape.measurements) + (1 if needs_threshold else 0)
     share = epsilon / n_parts
-    emit = partial(
-        bound_and_emit,
-        table=resolved.table,
-        unit=unit,
-        keys=shape.keys,
-        measurements=shape.measurements,
-        max_rows_per_unit=k,
-        with_units=needs_threshold,
-        dialect=request.dialect,
-        prebounded=prebounded,
+    sql = emit(shape, predicate, needs_threshold)
+    redacted_shape = shape_aggregates(
+        tree, resolution, dialect=request.dialect, unit=unit, redact=True
     )
-    sql = emit(predicate=predicate)
-    redacted_sql = emit(predicate=_redacted(predicate))
+    redacted_sql = emit(redacted_shape, _redacted(predicate), needs_threshold)
     measurements = tuple(
         Measurement(
             column=f"m{i}",
@@ -99,7 +201,7 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
             sensitivity=sum_sensitivity(m, k, grouped=bool(shape.keys)),
             epsilon=share,
             fixed_point=m.fixed_point,
-            description=_describe(m.kind.value, m.source, m.clamp),
+            description=_describe(m.kind.value, m.source, m.clamp) + (f" [{note}]" if note else ""),
         )
         for i, m in enumerate(shape.measurements)
     )
@@ -123,13 +225,13 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
     outputs = tuple(_output_column(o) for o in shape.outputs)
     hidden = tuple(_output_column(o) for o in shape.hidden)
     return QueryPlan(
-        dataset=resolved.table.dataset,
-        tables=(resolved.table.name,),
+        dataset=dataset_name,
+        tables=tables,
         normalized_sql=tree.sql(dialect="postgres"),
         redacted_sql=redact_literals(tree),
         warehouse_sql=sql,
         redacted_warehouse_sql=redacted_sql,
-        parameters=() if prebounded else (SALT_PARAMETER,),
+        parameters=parameters,
         protected=True,
         outputs=outputs,
         group_keys=tuple(
@@ -143,14 +245,14 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
         ),
         measurements=measurements,
         threshold=threshold,
-        max_rows_per_unit=k,
+        max_rows_per_unit=dataset.defaults.max_rows_per_unit,
         cost=PrivacyCost(epsilon, delta),
         order_by=ordering.order_by,
         limit=ordering.limit,
         offset=ordering.offset,
         hidden=hidden,
         having=shape.having,
-        rows_per_unit=k,
+        rows_per_unit=rows_per_unit,
     )
 
 

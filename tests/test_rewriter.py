@@ -223,18 +223,12 @@ MUST_REJECT: list[tuple[str, str]] = [
     ("INSTALL httpfs", SYNTAX),
     ("EXPORT DATABASE '/tmp/x'", SYNTAX),
     # Outside the supported subset.
-    (
-        "SELECT COUNT(*) FROM visits JOIN patients ON visits.patient_id = patients.patient_id",
-        UNSUPPORTED,
-    ),
     ("SELECT COUNT(*) FROM visits, patients", UNSUPPORTED),
-    ("SELECT COUNT(*) FROM (SELECT * FROM visits) t", UNSUPPORTED),
     ("SELECT COUNT(*) FROM visits WHERE cost > (SELECT 1)", UNSUPPORTED),
     (
         "SELECT COUNT(*) FROM visits WHERE department IN (SELECT department FROM departments)",
         UNSUPPORTED,
     ),
-    ("WITH t AS (SELECT * FROM visits) SELECT COUNT(*) FROM t", UNSUPPORTED),
     ("SELECT COUNT(*) FROM visits UNION SELECT COUNT(*) FROM visits", UNSUPPORTED),
     ("SELECT COUNT(*) FROM visits EXCEPT SELECT COUNT(*) FROM patients", UNSUPPORTED),
     ("SELECT COUNT(*) OVER () FROM visits", UNSUPPORTED),

@@ -75,13 +75,14 @@ ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
     exp.Stddev,
     exp.StddevPop,
     exp.StddevSamp,
+    exp.Join,
+    exp.Subquery,
+    exp.With,
+    exp.CTE,
 )
 
 #: Constructs we name in the rejection, so the analyst knows what to remove.
 _NAMED: dict[type[exp.Expression], str] = {
-    exp.Join: "JOIN",
-    exp.Subquery: "subqueries",
-    exp.With: "WITH / CTEs",
     exp.Window: "window functions",
     exp.Union: "UNION",
     exp.Intersect: "INTERSECT",
@@ -111,8 +112,11 @@ def allow_nodes(tree: exp.Select) -> None:
     for node in tree.walk():
         if isinstance(node, exp.Table) and not isinstance(node.this, exp.Identifier):
             raise TableFunction(f"table functions are not allowed: {_name(node.this)}()")
-        if isinstance(node, exp.Select) and node is not tree:
-            raise Unsupported("subqueries are not supported yet")
+        if isinstance(node, exp.Select) and node is not tree and not _in_from(node):
+            raise Unsupported(
+                "subqueries are supported in FROM and WITH only",
+                hint="Write the inner query as FROM (SELECT …) AS t or WITH t AS (SELECT …).",
+            )
         if isinstance(node, exp.Cast):
             _check_cast(node)
             continue
@@ -124,6 +128,14 @@ def allow_nodes(tree: exp.Select) -> None:
             if isinstance(node, kind):
                 raise Unsupported(f"{label} is not supported yet")
         raise Unsupported(f"{node.key.upper()} is not supported")
+
+
+def _in_from(select: exp.Select) -> bool:
+    """A SELECT that is a FROM / JOIN source (``(SELECT …) AS t``) or a CTE body."""
+    parent = select.parent
+    if isinstance(parent, exp.CTE):
+        return True
+    return isinstance(parent, exp.Subquery) and isinstance(parent.parent, exp.From | exp.Join)
 
 
 def _name(node: exp.Expression | exp.Func) -> str:

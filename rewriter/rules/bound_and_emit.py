@@ -88,7 +88,7 @@ def bound_and_emit(
     outer: list[str] = [f"{_q(f'g{i}', dialect)} AS k{i}" for i in range(len(keys))]
     for i, m in enumerate(measurements):
         arg = _q(args[m.arg.sql], dialect) if m.arg is not None else ""
-        outer.append(f"{_measurement_sql(m, arg)} AS m{i}")
+        outer.append(f"{measurement_sql(m, arg)} AS m{i}")
     if with_units:
         outer.append(f"COUNT(DISTINCT __pg_unit) AS {UNITS_COLUMN}")
     group = f" GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}" if keys else ""
@@ -133,7 +133,7 @@ def snapshot_select(
     )
 
 
-def _measurement_sql(m: MeasurementDraft, arg: str) -> str:
+def measurement_sql(m: MeasurementDraft, arg: str) -> str:
     if m.kind is MeasurementKind.COUNT:
         return "COUNT(*)" if m.arg is None else f"COUNT({arg})"
     if m.kind is MeasurementKind.COUNT_UNITS:

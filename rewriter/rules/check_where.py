@@ -27,7 +27,7 @@ _NUMERIC = {LogicalType.INTEGER, LogicalType.FLOAT}
 
 def base_column(col: CatalogColumn) -> exp.Column:
     """The emitted reference to a base-table column."""
-    return exp.column(exp.to_identifier(col.name, quoted=True), table=exp.to_identifier(BASE))
+    return exp.column(exp.to_identifier(col.name, quoted=True), table=exp.to_identifier(col.source))
 
 
 def check_where(tree: exp.Select, resolution: Resolution) -> exp.Expression | None:

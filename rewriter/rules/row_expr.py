@@ -95,9 +95,11 @@ def _mul(a: float, b: float) -> float:
 class RowCompiler:
     """Compiles the expressions of one query against its column resolution."""
 
-    def __init__(self, res: Resolution, dialect: str) -> None:
+    def __init__(self, res: Resolution, dialect: str, *, redact: bool = False) -> None:
         self._res = res
         self._dialect = dialect
+        #: Emit the analyst's literals as ``?`` (the audit log's redacted warehouse SQL).
+        self._redact = redact
 
     # -- values inside aggregates -------------------------------------------------------------
 
@@ -240,7 +242,12 @@ class RowCompiler:
                 cond = exp.EQ(this=subject.copy(), expression=cond.copy())
                 # The copies are not in the resolution: resolve through the originals.
                 cond = self._resolved_copy(cond, subject, branch.this)
-            condition = predicate(cond, self._res).sql(dialect=self._dialect)
+            checked = predicate(cond, self._res)
+            if self._redact:
+                checked = checked.transform(
+                    lambda n: exp.var("?") if isinstance(n, exp.Literal) else n
+                )
+            condition = checked.sql(dialect=self._dialect)
             value = self._value(branch.args["true"], where)
             branches.append(value)
             parts.append(f"WHEN {condition} THEN {value.sql}")

@@ -137,12 +137,16 @@ def shape_aggregates(
     *,
     dialect: str = "duckdb",
     unit: CatalogColumn | None = None,
+    redact: bool = False,
 ) -> Shape:
-    """Classify the SELECT list, GROUP BY and HAVING of a protected query."""
+    """Classify the SELECT list, GROUP BY and HAVING of a protected query.
+
+    ``redact``: emit the analyst's literals inside aggregates as ``?`` (for the audit copy).
+    """
     items = list(tree.expressions)
     if any(isinstance(e, exp.Star) for e in items):
         raise AggregationRequired("SELECT * returns rows of a protected table")
-    compiler = RowCompiler(resolution, dialect)
+    compiler = RowCompiler(resolution, dialect, redact=redact)
     keys = _group_keys(tree, resolution, compiler)
     b = _Builder(compiler, resolution, keys, unit)
     for item in items:

@@ -307,6 +307,24 @@ ARGUED_TRICKS = [
     ("SELECT COUNT(DISTINCT patient_id) FROM visits", None, 0),
     ("SELECT STDDEV(cost) FROM visits", None, 0),
     ("SELECT department, COUNT(*) FROM visits GROUP BY department HAVING COUNT(*) < 5", None, 0),
+    # JOIN amplification: a unit has up to K × K rows in a join on the unit, and the noise says so.
+    (
+        "SELECT COUNT(*) FROM visits v JOIN patients p ON v.patient_id = p.patient_id",
+        "SELECT COUNT(*) FROM visits",
+        5,
+    ),
+    (
+        "SELECT COUNT(*) FROM visits v JOIN visits w ON v.patient_id = w.patient_id",
+        "SELECT COUNT(*) FROM visits",
+        5,
+    ),
+    ("SELECT COUNT(*) FROM (SELECT * FROM visits) t", "SELECT COUNT(*) FROM visits", 1),
+    ("WITH t AS (SELECT * FROM visits) SELECT COUNT(*) FROM t", "SELECT COUNT(*) FROM visits", 1),
+    (
+        "SELECT COUNT(*) FROM visits v JOIN departments d ON v.department = d.department",
+        "SELECT COUNT(*) FROM visits",
+        1,
+    ),
 ]
 
 
@@ -339,12 +357,17 @@ def test_argued_conditional_aggregates_gain_nothing(
 
 
 JOINS = [
-    "SELECT COUNT(*) FROM visits v JOIN patients p ON v.patient_id = p.patient_id",
     "SELECT COUNT(*) FROM visits v, visits w WHERE v.patient_id = w.patient_id",
+    "SELECT COUNT(*) FROM visits v JOIN patients p ON v.department = p.sex",
+    "SELECT COUNT(*) FROM visits v JOIN visits w ON v.visit_id = w.visit_id",
+    "SELECT COUNT(*) FROM visits v JOIN departments d ON v.patient_id = d.floor",
+    "SELECT COUNT(*) FROM visits v RIGHT JOIN departments d ON v.department = d.department",
+    "SELECT COUNT(*) FROM visits v JOIN patients p USING (patient_id)",
+    "SELECT COUNT(*) FROM (SELECT * FROM visits LIMIT 10) t",
+    "SELECT COUNT(*) FROM (SELECT department, COUNT(*) AS n FROM visits GROUP BY department) t",
+    "SELECT SUM(n) FROM (SELECT patient_id, visit_id AS n FROM visits) t",
     "SELECT COUNT(*) FROM visits v CROSS JOIN visits w",
     "SELECT COUNT(*) FROM visits WHERE patient_id IN (SELECT patient_id FROM patients)",
-    "SELECT COUNT(*) FROM (SELECT * FROM visits) t",
-    "WITH t AS (SELECT * FROM visits) SELECT COUNT(*) FROM t",
     "SELECT COUNT(*) FROM visits UNION ALL SELECT COUNT(*) FROM visits",
     "SELECT COUNT(*) FROM visits NATURAL JOIN patients",
     "SELECT COUNT(*) FROM visits, LATERAL (SELECT 1) t",
