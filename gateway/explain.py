@@ -130,7 +130,26 @@ def explain(plan: QueryPlan) -> dict[str, Any]:
             "type": o.type.value,
             "noisy": o.kind is not OutputKind.KEY,
         }
-        if o.measurement is not None:
+        if o.kind is OutputKind.EXPR:
+            entry.update(mechanism="post-processing of the released columns", epsilon="0")
+        elif o.kind is OutputKind.QUANTILE and o.measurement is not None:
+            m = measurements[o.measurement]
+            entry.update(
+                mechanism="opendp private_quantile (exponential mechanism)",
+                what=m.description,
+                alpha=m.alpha,
+                candidates=len(m.candidates),
+                resolution=(m.candidates[-1] - m.candidates[0]) / max(len(m.candidates) - 1, 1),
+                epsilon=fraction_str(m.epsilon),
+            )
+        elif o.kind in (OutputKind.VAR, OutputKind.STDDEV) and o.measurement is not None:
+            parts = [measurements[c] for c in (o.measurement, o.denominator, o.second) if c]
+            entry.update(
+                mechanism="discrete_laplace sum, sum of squares and count",
+                what=" ; ".join(p.description for p in parts),
+                epsilon=fraction_str(sum((p.epsilon for p in parts), Fraction(0))),
+            )
+        elif o.measurement is not None:
             m = measurements[o.measurement]
             cal = calibrate(m.sensitivity, m.epsilon)
             entry.update(

@@ -164,3 +164,76 @@ def release_keys(threshold: Threshold, unit_counts: list[int]) -> list[int]:
         return []
     released = mech(counts)
     return sorted(int(k) for k in released)
+
+
+# -- quantiles (MIN, MAX, MEDIAN, PERCENTILE_CONT) --------------------------------------------
+
+
+def _quantile_mech(candidates: tuple[float, ...], alpha: float, scale: float) -> Any:
+    return dp.m.make_private_quantile(
+        dp.vector_domain(dp.atom_domain(T=float, nan=False)),
+        dp.symmetric_distance(),
+        dp.max_divergence(),
+        candidates=list(candidates),
+        alpha=alpha,
+        scale=scale,
+    )
+
+
+def _worst_per_row(mech: Any, rows: int) -> Fraction:
+    """max over d <= rows of map(d) / d, at the points that matter (OpenDP's map is linear)."""
+    points = sorted({*range(1, min(rows, 64) + 1), rows})
+    worst: Fraction = max(Fraction(mech.map(d)) / d for d in points)
+    return worst
+
+
+@lru_cache(maxsize=1024)
+def calibrate_quantile(
+    candidates: tuple[float, ...], alpha: float, rows_per_unit: int, epsilon: Fraction
+) -> float:
+    """Smallest scale at which releasing one quantile per group costs at most ``epsilon``.
+
+    One unit changes at most ``rows_per_unit`` rows over all groups (symmetric distance), split
+    among the groups as d_1 + … + d_G <= rows_per_unit; the per-group releases compose to
+    Σ map(d_g) <= rows_per_unit · max_d map(d)/d, which this scale keeps within ``epsilon``.
+    """
+    if rows_per_unit <= 0 or epsilon <= 0:
+        raise NoiseError("rows per unit and epsilon must be positive")
+    scale = float(Fraction(2 * rows_per_unit) / epsilon)  # map(d) <= 2d / scale for alpha in [0, 1]
+    for _ in range(64):
+        if (
+            rows_per_unit * _worst_per_row(_quantile_mech(candidates, alpha, scale), rows_per_unit)
+            <= epsilon
+        ):
+            break
+        scale = scale * 1.01
+    else:
+        raise NoiseError("could not calibrate the quantile scale")
+    low, high = scale / 4, scale
+    for _ in range(40):  # tighten: the smallest scale that still fits (to 1 part in 10^12)
+        mid = (low + high) / 2
+        if (
+            rows_per_unit * _worst_per_row(_quantile_mech(candidates, alpha, mid), rows_per_unit)
+            <= epsilon
+        ):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def release_quantile(measurement: Measurement, groups: list[list[float]]) -> list[float]:
+    """One DP quantile per group, by OpenDP's exponential-mechanism quantile over the plan's
+    candidate grid (values already clamped to the bounds by the warehouse SQL)."""
+    assert measurement.alpha is not None
+    rows = measurement.sensitivity
+    scale = calibrate_quantile(measurement.candidates, measurement.alpha, rows, measurement.epsilon)
+    mech = _quantile_mech(measurement.candidates, measurement.alpha, scale)
+    if rows * _worst_per_row(mech, rows) > measurement.epsilon:
+        raise NoiseError("quantile mechanism exceeds its budget share")
+    low, high = measurement.candidates[0], measurement.candidates[-1]
+    out = []
+    for values in groups:
+        clean = [min(max(float(v), low), high) for v in values if v is not None and v == v]
+        out.append(float(mech(clean)))
+    return out

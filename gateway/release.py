@@ -26,9 +26,10 @@ from gateway.noise import (
     calibrate_threshold,
     release_keys,
     release_measurement,
+    release_quantile,
 )
 from gateway.warehouse import ResultSet
-from rewriter.plan import Measurement, OutputKind, QueryPlan
+from rewriter.plan import Measurement, MeasurementKind, OutputKind, QueryPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +99,12 @@ def release(plan: QueryPlan, result: ResultSet) -> Released:
     index = {name: i for i, name in enumerate(result.columns)}
     n_keys = len(plan.group_keys)
     groups: list[tuple[Any, ...]]
-    values: dict[str, list[int]]
+    values: dict[str, list[Any]]
     if not plan.group_keys:
         only = result.rows[0] if result.rows else None
         groups = [()]
         values = {
-            m.column: [_int(only[index[m.column]]) if only is not None else 0]
+            m.column: [_true(m, only[index[m.column]] if only is not None else None)]
             for m in plan.measurements
         }
         group_info = GroupRelease(handling="none", released=1)
@@ -112,7 +113,9 @@ def release(plan: QueryPlan, result: ResultSet) -> Released:
         by_key = {tuple(_norm(r[i]) for i in range(n_keys)): r for r in result.rows}
         groups = [tuple(g) for g in itertools.product(*domains)]
         values = {
-            m.column: [_int(by_key[g][index[m.column]]) if g in by_key else 0 for g in groups]
+            m.column: [
+                _true(m, by_key[g][index[m.column]] if g in by_key else None) for g in groups
+            ]
             for m in plan.measurements
         }
         group_info = GroupRelease(handling="public_domain", released=len(groups))
@@ -126,7 +129,7 @@ def release(plan: QueryPlan, result: ResultSet) -> Released:
         # groups included): release in an order that depends only on the released keys.
         rows = sorted((rows[i] for i in kept), key=lambda r: _key_order(r[:n_keys]))
         groups = [tuple(r[:n_keys]) for r in rows]
-        values = {m.column: [_int(r[index[m.column]]) for r in rows] for m in plan.measurements}
+        values = {m.column: [_true(m, r[index[m.column]]) for r in rows] for m in plan.measurements}
         spec = calibrate_threshold(
             plan.threshold.max_groups,
             plan.threshold.epsilon,
@@ -139,7 +142,12 @@ def release(plan: QueryPlan, result: ResultSet) -> Released:
             threshold_scale=spec.scale,
             released=len(groups),
         )
-    noisy = {m.column: release_measurement(m, values[m.column]) for m in plan.measurements}
+    noisy: dict[str, list[Any]] = {
+        m.column: release_quantile(m, values[m.column])
+        if m.kind is MeasurementKind.QUANTILE
+        else release_measurement(m, values[m.column])
+        for m in plan.measurements
+    }
     measurements = {m.column: m for m in plan.measurements}
     columns = tuple(_column_info(plan, i, measurements) for i in range(len(plan.outputs)))
     every = (*plan.outputs, *plan.hidden)
@@ -255,6 +263,8 @@ def _cell(
         return total, [total - half, total + half]
     if out.kind in (OutputKind.VAR, OutputKind.STDDEV):
         return _variance(out, g, noisy, measurements), None
+    if out.kind is OutputKind.QUANTILE:
+        return noisy[m.column][g], None
     # AVG: noisy sum / noisy count, clamped to the declared bounds (post-processing).
     d = measurements[out.denominator]
     total = noisy[m.column][g] / m.fixed_point
@@ -294,6 +304,17 @@ def _column_info(plan: QueryPlan, i: int, measurements: dict[str, Measurement]) 
         return ColumnInfo(out.name, out.type.value, False)
     if out.kind is OutputKind.EXPR:
         return ColumnInfo(out.name, out.type.value, True, mechanism="post-processing")
+    if out.kind is OutputKind.QUANTILE:
+        assert out.measurement is not None
+        q = measurements[out.measurement]
+        return ColumnInfo(
+            out.name,
+            out.type.value,
+            True,
+            mechanism="opendp private_quantile (exponential mechanism over "
+            f"{len(q.candidates)} candidates)",
+            epsilon=fraction_str(q.epsilon),
+        )
     if out.kind in (OutputKind.VAR, OutputKind.STDDEV):
         parts = [measurements[c] for c in (out.measurement, out.denominator, out.second) if c]
         return ColumnInfo(
@@ -377,6 +398,13 @@ def _norm(value: Any) -> Any:
     if isinstance(value, dt.date | dt.datetime):
         return value.isoformat()
     return value
+
+
+def _true(m: Measurement, value: Any) -> Any:
+    """A measurement's true per-group value: an integer, or a quantile's list of values."""
+    if m.kind is MeasurementKind.QUANTILE:
+        return list(value) if value is not None else []
+    return _int(value)
 
 
 def _int(value: Any) -> int:

@@ -36,6 +36,7 @@ from rewriter.rules.resolve_columns import Resolution, resolve_columns
 from rewriter.rules.resolve_table import resolve_table
 from rewriter.rules.row_expr import RowValue
 from rewriter.rules.shape_aggregates import (
+    MeasurementDraft,
     OutputDraft,
     Shape,
     shape_aggregates,
@@ -135,7 +136,7 @@ def _relation_plan(tree: exp.Select, catalog: Catalog, request: PlanRequest) -> 
             keys=shape.keys,
             args=[(sql, a) for sql, a in args.items()],
             measurements_sql=[
-                measurement_sql(m, quoted[m.arg.sql] if m.arg is not None else "")
+                measurement_sql(m, quoted[m.arg.sql] if m.arg is not None else "", request.dialect)
                 for m in shape.measurements
             ],
             predicate=predicate,
@@ -202,6 +203,8 @@ def _protected_plan(
             epsilon=share,
             fixed_point=m.fixed_point,
             description=_describe(m.kind.value, m.source, m.clamp) + (f" [{note}]" if note else ""),
+            alpha=m.alpha,
+            candidates=quantile_candidates(m) if m.alpha is not None else (),
         )
         for i, m in enumerate(shape.measurements)
     )
@@ -256,6 +259,23 @@ def _protected_plan(
     )
 
 
+#: Candidate grid of DP quantiles: this many steps over the bounds (resolution (high - low) / N).
+QUANTILE_STEPS = 1000
+
+
+def quantile_candidates(m: MeasurementDraft) -> tuple[float, ...]:
+    """Evenly spaced candidates over the clamp bounds; whole numbers for narrow integer ranges."""
+    assert m.clamp is not None
+    low, high = float(m.clamp[0]), float(m.clamp[1])
+    if high <= low:
+        return (low,)
+    integral = m.arg is not None and m.arg.type is LogicalType.INTEGER
+    if integral and high - low <= QUANTILE_STEPS and low.is_integer():
+        return tuple(float(v) for v in range(int(low), int(high) + 1))
+    step = (high - low) / QUANTILE_STEPS
+    return (*(low + i * step for i in range(QUANTILE_STEPS)), high)
+
+
 def _domain(key: RowValue) -> tuple[Scalar, ...] | None:
     """The declared public values of a key that is a bare dimension column, else None
     (generalising expressions are released through the threshold)."""
@@ -306,6 +326,9 @@ def _describe(kind: str, column: str, clamp: tuple[int | float, int | float] | N
         return "COUNT(DISTINCT unit): people"
     if kind == "count_distinct":
         return f"COUNT(DISTINCT {column})"
+    if kind == "quantile":
+        assert clamp is not None
+        return f"quantile of {column} clamped to [{clamp[0]}, {clamp[1]}]"
     assert clamp is not None
     return f"SUM({column} clamped to [{clamp[0]}, {clamp[1]}])"
 

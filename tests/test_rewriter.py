@@ -183,8 +183,7 @@ MUST_REJECT: list[tuple[str, str]] = [
     ("SELECT now() FROM visits", FN),
     ("SELECT columns('cost') FROM visits", FN),
     ("SELECT to_json(v) FROM visits v", FN),
-    ("SELECT MIN(cost) FROM visits", FN),
-    ("SELECT MAX(visit_day) FROM visits", FN),
+    ("SELECT MAX(visit_day) FROM visits", MEASURE),  # DP quantiles need a bounded number
     ("SELECT COUNT(*) FROM visits WHERE department = 'er' COLLATE \"C\"", FN),
     ("SELECT COUNT(*) FROM visits WHERE random() > 0.5", FN),
     # Casts of data are error oracles; so is CASE ... CAST('x' AS INT).

@@ -88,7 +88,7 @@ def bound_and_emit(
     outer: list[str] = [f"{_q(f'g{i}', dialect)} AS k{i}" for i in range(len(keys))]
     for i, m in enumerate(measurements):
         arg = _q(args[m.arg.sql], dialect) if m.arg is not None else ""
-        outer.append(f"{measurement_sql(m, arg)} AS m{i}")
+        outer.append(f"{measurement_sql(m, arg, dialect)} AS m{i}")
     if with_units:
         outer.append(f"COUNT(DISTINCT __pg_unit) AS {UNITS_COLUMN}")
     group = f" GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}" if keys else ""
@@ -133,15 +133,22 @@ def snapshot_select(
     )
 
 
-def measurement_sql(m: MeasurementDraft, arg: str) -> str:
+def measurement_sql(m: MeasurementDraft, arg: str, dialect: str = "duckdb") -> str:
     if m.kind is MeasurementKind.COUNT:
         return "COUNT(*)" if m.arg is None else f"COUNT({arg})"
     if m.kind is MeasurementKind.COUNT_UNITS:
         return "COUNT(DISTINCT __pg_unit)"
     if m.kind is MeasurementKind.COUNT_DISTINCT:
         return f"COUNT(DISTINCT {arg})"
-    assert m.kind is MeasurementKind.SUM and m.clamp is not None
+    assert m.clamp is not None
     low, high = m.clamp
+    if m.kind is MeasurementKind.QUANTILE:
+        # The group's clamped values, for OpenDP's quantile (NULLs dropped in the release).
+        value = f"LEAST(GREATEST({arg}, {low!r}), {high!r})"
+        if dialect == "postgres":
+            return f"array_agg(CAST({value} AS DOUBLE PRECISION))"
+        return f"list(CAST({value} AS DOUBLE))"
+    assert m.kind is MeasurementKind.SUM
     # GREATEST/LEAST skip NULLs in DuckDB (and PostgreSQL): without the CASE a NULL would be
     # summed as `low`. NaN and ±inf are clamped into [low, high].
     clamped = (

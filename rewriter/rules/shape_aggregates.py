@@ -64,14 +64,16 @@ class MeasurementDraft:
     arg: RowValue | None
     fixed_point: int = 1
     clamp: tuple[int | float, int | float] | None = None
+    #: QUANTILE: which quantile (0 = MIN, 0.5 = MEDIAN, 1 = MAX).
+    alpha: float | None = None
 
     @property
     def column(self) -> CatalogColumn | None:
         return self.arg.column if self.arg is not None else None
 
     @property
-    def signature(self) -> tuple[str, str]:
-        return (self.kind.value, self.arg.sql if self.arg is not None else "*")
+    def signature(self) -> tuple[str, str, float | None]:
+        return (self.kind.value, self.arg.sql if self.arg is not None else "*", self.alpha)
 
     @property
     def source(self) -> str:
@@ -234,7 +236,7 @@ def _output(expr: exp.Expression, alias: str, b: _Builder) -> OutputDraft:
     source = expr.sql(dialect="postgres")
     if expr.find(exp.AggFunc) is None:
         return _key_output(expr, alias, b, source)
-    if isinstance(expr, exp.AggFunc):
+    if isinstance(expr, exp.AggFunc | exp.WithinGroup):
         return _aggregate(expr, alias, b)
     formula = _formula(expr, b)
     return OutputDraft(
@@ -308,13 +310,62 @@ def _aggregate(expr: exp.Expression, alias: str, b: _Builder) -> OutputDraft:
             bounds=(value.low, value.high),
             source_sql=source,
         )
-    name = type(expr).__name__.upper()
-    if isinstance(expr, exp.Min | exp.Max | exp.Median | exp.PercentileCont | exp.PercentileDisc):
-        raise Unsupported(
-            f"{name} is not supported yet",
-            hint="Use AVG, or COUNT with GROUP BY width_bucket(x, …) for a distribution.",
+    quantile = _quantile_spec(expr)
+    if quantile is not None:
+        alpha, target = quantile
+        names: dict[type[exp.Expression], str] = {
+            exp.Min: "MIN",
+            exp.Max: "MAX",
+            exp.Median: "MEDIAN",
+        }
+        fn = names.get(type(expr), "PERCENTILE_CONT")
+        value = _bounded(target, fn, b)
+        m = b.add_measurement(
+            MeasurementDraft(
+                MeasurementKind.QUANTILE, value, clamp=(value.low, value.high), alpha=alpha
+            )
+        )
+        return OutputDraft(
+            alias or fn.lower(),
+            OutputKind.QUANTILE,
+            LogicalType.FLOAT,
+            measurement=m,
+            bounds=(value.low, value.high),
+            source_sql=source,
         )
     raise Unsupported(f"aggregate {shown(expr, 60)} is not supported")
+
+
+def _quantile_spec(expr: exp.Expression) -> tuple[float, exp.Expression] | None:
+    """(alpha, argument) of MIN, MAX, MEDIAN and PERCENTILE_CONT/DISC(α) WITHIN GROUP."""
+    if isinstance(expr, exp.Min):
+        return 0.0, expr.this
+    if isinstance(expr, exp.Max):
+        return 1.0, expr.this
+    if isinstance(expr, exp.Median):
+        return 0.5, expr.this
+    if isinstance(expr, exp.WithinGroup):
+        fn, order = expr.this, expr.expression
+        if not isinstance(fn, exp.PercentileCont | exp.PercentileDisc):
+            raise Unsupported(f"{shown(expr, 60)} is not supported")
+        alpha = fn.this
+        if not (isinstance(alpha, exp.Literal) and not alpha.is_string):
+            raise Unsupported("PERCENTILE_CONT takes a number between 0 and 1")
+        q = float(str(alpha.this))
+        if not 0 <= q <= 1:
+            raise Unsupported("PERCENTILE_CONT takes a number between 0 and 1")
+        if not isinstance(order, exp.Order) or len(order.expressions) != 1:
+            raise Unsupported("PERCENTILE_CONT … WITHIN GROUP (ORDER BY one expression)")
+        ordered = order.expressions[0]
+        if ordered.args.get("desc"):
+            q = 1 - q
+        return q, ordered.this
+    if isinstance(expr, exp.PercentileCont | exp.PercentileDisc | exp.Quantile):
+        raise Unsupported(
+            "write percentiles as PERCENTILE_CONT(q) WITHIN GROUP (ORDER BY x)",
+            hint="e.g. PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY cost)",
+        )
+    return None
 
 
 def _count(expr: exp.Count, alias: str, b: _Builder, source: str) -> OutputDraft:
@@ -542,7 +593,11 @@ def sum_sensitivity(draft: MeasurementDraft, rows_per_unit: int, grouped: bool =
     """
     if draft.kind is MeasurementKind.COUNT_UNITS:
         return rows_per_unit if grouped else 1
-    if draft.kind in (MeasurementKind.COUNT, MeasurementKind.COUNT_DISTINCT):
+    if draft.kind in (
+        MeasurementKind.COUNT,
+        MeasurementKind.COUNT_DISTINCT,
+        MeasurementKind.QUANTILE,  # rows (symmetric distance): the quantile mechanism's d_in
+    ):
         return rows_per_unit
     assert draft.clamp is not None
     low, high = draft.clamp

@@ -263,9 +263,7 @@ CASE_TRICKS = [
     "SELECT SUM(birth_year) FROM patients",  # a dimension: no bounds
     "SELECT SUM(CASE WHEN cost > 1 THEN birth_year ELSE 0 END) FROM patients",
     "SELECT CASE WHEN COUNT(*) > 10 THEN 1 ELSE 0 END FROM visits",
-    "SELECT MAX(cost) FROM visits",
-    "SELECT MIN(visit_day) FROM visits",
-    "SELECT MEDIAN(cost) FROM visits",
+    "SELECT MIN(visit_day) FROM visits",  # not a bounded number: no DP quantile
     "SELECT SUM(DISTINCT cost) FROM visits",
     "SELECT COUNT(DISTINCT cost) FROM visits",  # distinct values of a measure
     "SELECT COUNT(DISTINCT visit_id) FROM visits",  # an identifier that is not the unit
@@ -306,6 +304,9 @@ ARGUED_TRICKS = [
     ("SELECT COUNT(*) * 2 FROM visits", None, 0),
     ("SELECT COUNT(DISTINCT patient_id) FROM visits", None, 0),
     ("SELECT STDDEV(cost) FROM visits", None, 0),
+    # MIN/MAX/MEDIAN are OpenDP quantiles over the declared bounds, not the true extremes.
+    ("SELECT MAX(cost) FROM visits", None, 0),
+    ("SELECT MEDIAN(cost) FROM visits", None, 0),
     ("SELECT department, COUNT(*) FROM visits GROUP BY department HAVING COUNT(*) < 5", None, 0),
     # JOIN amplification: a unit has up to K × K rows in a join on the unit, and the noise says so.
     (
@@ -380,7 +381,7 @@ def test_case_arithmetic_and_join_tricks_are_rejected(
     gw: Gateway, client: httpx.Client, sql: str
 ) -> None:
     """Attack: conditional aggregation (CASE/IF/FILTER inside an aggregate), arithmetic that
-    escapes the clamp, non-DP aggregates (MIN/MAX/MEDIAN/LIST), HAVING on true counts, and JOIN /
+    escapes the clamp, non-DP aggregates (LIST, STRING_AGG, MIN of a date), HAVING on true counts, and JOIN /
     subquery amplification of one person's rows.
 
     Pass: rejected with a 4xx before execution, no budget charged, audited as rejected.
