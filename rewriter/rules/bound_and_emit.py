@@ -144,7 +144,10 @@ def measurement_sql(m: MeasurementDraft, arg: str, dialect: str = "duckdb") -> s
     low, high = m.clamp
     if m.kind is MeasurementKind.QUANTILE:
         # The group's clamped values, for OpenDP's quantile (NULLs dropped in the release).
-        value = f"LEAST(GREATEST({arg}, {low!r}), {high!r})"
+        # GREATEST skips NULLs: without the CASE a NULL would be listed as `low`.
+        value = (
+            f"CASE WHEN {arg} IS NULL THEN NULL ELSE LEAST(GREATEST({arg}, {low!r}), {high!r}) END"
+        )
         if dialect == "postgres":
             return f"array_agg(CAST({value} AS DOUBLE PRECISION))"
         return f"list(CAST({value} AS DOUBLE))"
