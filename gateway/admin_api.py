@@ -29,13 +29,14 @@ from pydantic import (
 from budgets.cost import PrivacyCost
 from gateway.admin_ops import AdminInvalid, AdminOps, Amount, PolicyInvalid
 from gateway.auth import Admin, services_of
+from gateway.catalog_load import load_catalog
 from gateway.composition import Services
 from gateway.governance import governance_report, retention_settings
 from gateway.policy_loader import LoadedPolicy, PolicyFileError, load_policy
 from gateway.principals import (
     Principal,
 )
-from rewriter.catalog import CatalogMismatch, build_catalog
+from rewriter.catalog import CatalogMismatch
 from rewriter.policy import Role
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -228,7 +229,7 @@ def parse_policy_text(text: str) -> LoadedPolicy:
 def validate_policy(body: PolicyDraft, admin: Admin, services: Svc) -> dict[str, Any]:
     try:
         loaded = parse_policy_text(body.yaml)
-        build_catalog(loaded.policy, services.warehouse.columns())
+        load_catalog(loaded.policy, services.warehouse)
     except PolicyFileError as exc:
         raise PolicyInvalid("the policy is invalid", exc.problems) from None
     except CatalogMismatch as exc:

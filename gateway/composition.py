@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from budgets.ledger import ReconcileReport, SqlLedger
 from gateway.anomaly import AnomalyDetector, AnomalyRules
 from gateway.audit import AuditLog
+from gateway.catalog_load import load_catalog
 from gateway.control_db import make_control_engine, migrate
 from gateway.logs import log_query_record
 from gateway.metrics import Metrics
@@ -32,7 +33,6 @@ from gateway.snapshots import (
 )
 from gateway.warehouse import DuckDBWarehouse, file_version
 from gateway.warehouse_pg import PostgresWarehouse
-from rewriter.catalog import build_catalog
 
 log = logging.getLogger("privgate.composition")
 
@@ -195,7 +195,7 @@ class Services:
             CatalogMismatch: the policy names tables or columns the warehouse lacks.
         """
         loaded = load_policy(self.settings.resolved_policy_path)
-        catalog = build_catalog(loaded.policy, self.warehouse.columns())
+        catalog = load_catalog(loaded.policy, self.warehouse)
         for name, p in loaded.policy.principals.items():
             self.principals.upsert_principal(name, role=p.role, datasets=p.datasets)
         self.queries.swap_policy(catalog, loaded.version)
@@ -253,7 +253,7 @@ def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     policy = load_policy(settings.resolved_policy_path)
     warehouse = build_warehouse(settings)
-    catalog = build_catalog(policy.policy, warehouse.columns())
+    catalog = load_catalog(policy.policy, warehouse)
     ledger, audit, principals = build_control(settings)
     for name, p in policy.policy.principals.items():
         principals.upsert_principal(name, role=p.role, datasets=p.datasets)

@@ -172,7 +172,14 @@ def explain(plan: QueryPlan) -> dict[str, Any]:
                 entry["expected_ci95_halfwidth"] = cal.ci95_halfwidth / m.fixed_point
         columns.append(entry)
     groups: dict[str, Any]
-    if not plan.protected:
+    if plan.row_access:
+        groups = {
+            "handling": "masked_rows",
+            "why": "rows of a table whose policy allows masked row-level access: masked columns "
+            "through their masks, public columns as they are; not differentially private, no "
+            "cost",
+        }
+    elif not plan.protected:
         groups = {
             "handling": "public_table",
             "why": "a public table: exact rows, no noise, no cost",

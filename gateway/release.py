@@ -378,7 +378,7 @@ def _release_public(plan: QueryPlan, result: ResultSet) -> Released:
         columns,
         rows,
         [[None] * len(columns) for _ in rows],
-        GroupRelease("public_table", released=len(rows)),
+        GroupRelease("masked_rows" if plan.row_access else "public_table", released=len(rows)),
     )
 
 

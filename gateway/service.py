@@ -48,6 +48,8 @@ from rewriter.parse import parse_select
 from rewriter.plan import QueryPlan
 from rewriter.planner import PlanRequest, plan_query, redact_literals
 from rewriter.policy import DatasetPolicy
+from rewriter.rules.bound_and_emit import SALT_PARAMETER
+from rewriter.rules.masked_rows import MASK_KEY_PARAMETER
 
 log = logging.getLogger("privgate.service")
 
@@ -130,6 +132,8 @@ class QueryService:
         self._results = results
         self._listeners = tuple(listeners)
         self._salt = salt.decode()
+        # The key of the `hash` mask: derived, so that a pseudonym never reveals the bounding key.
+        self._mask_key = hmac.new(salt, b"privgate mask key v1", hashlib.sha256).hexdigest()
         # Keys the stored digests of query text (replay keys, request hashes): one secret less
         # to manage, and a different purpose string keeps it apart from the bounding hash.
         self._digest_key = hmac.new(salt, b"privgate-query-digest-v1", hashlib.sha256).digest()
@@ -338,7 +342,7 @@ class QueryService:
         try:
             result = self._warehouse.execute(
                 plan.warehouse_sql,
-                [self._salt for _ in plan.parameters],
+                [self._parameter(name) for name in plan.parameters],
                 # Durable "about to touch data" mark: from here the budget can only stay spent.
                 before_execute=None if rid is None else lambda: self._ledger.mark_executing(rid),
             )
@@ -422,6 +426,14 @@ class QueryService:
             except Exception:
                 log.exception("audit listener failed")
         return entry
+
+    def _parameter(self, name: str) -> str:
+        """A warehouse SQL parameter's value: the bounding salt or the mask key (never in text)."""
+        if name == MASK_KEY_PARAMETER:
+            return self._mask_key
+        if name == SALT_PARAMETER:
+            return self._salt
+        raise ValueError(f"unknown plan parameter {name!r}")  # pragma: no cover - planner-made
 
     def _base(self, ctx: CallContext, query_id: str, sql: str) -> dict[str, Any]:
         base: dict[str, Any] = {

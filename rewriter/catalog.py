@@ -86,6 +86,8 @@ class CatalogColumn:
     values: tuple[Scalar, ...] | None = None
     #: The alias the emitted SQL reads this column through (one per FROM source).
     source: str = "__pg_t"
+    #: Masked columns: how row-level output shows them.
+    mask: str | None = None
 
     @property
     def visible(self) -> bool:
@@ -99,6 +101,8 @@ class CatalogTable:
     public: bool
     #: Every warehouse column in warehouse order, visible or not (keys are lower-case names).
     columns: Mapping[str, CatalogColumn]
+    #: Queries without aggregates may return masked rows of this protected table.
+    row_access: bool = False
 
     def visible_columns(self) -> list[CatalogColumn]:
         return [c for c in self.columns.values() if c.visible]
@@ -122,20 +126,39 @@ class CatalogMismatch(ValueError):
     """The policy names a table or column the warehouse does not have."""
 
 
+def values_from_refs(policy: Policy) -> list[tuple[str, str, str]]:
+    """(dataset, public table, column) of every ``values_from`` in ``policy``, to be read."""
+    out = []
+    for ds_name, ds in policy.datasets.items():
+        for t_policy in ds.tables.values():
+            for pol in t_policy.columns.values():
+                if pol.values_from is not None:
+                    table, column = pol.values_from.lower().split(".")
+                    out.append((ds_name, table, column))
+    return sorted(set(out))
+
+
 def build_catalog(
-    policy: Policy, warehouse_columns: Mapping[str, list[tuple[str, str]]]
+    policy: Policy,
+    warehouse_columns: Mapping[str, list[tuple[str, str]]],
+    public_values: Mapping[str, tuple[Scalar, ...]] | None = None,
 ) -> Catalog:
     """Intersect the warehouse schema (table -> [(column, sql type)]) with the policy.
 
     Tables the policy does not mention are not in the catalog at all. On protected tables, columns
     the policy does not declare are blocked (fail closed); on public tables every column is public.
 
+    ``public_values`` maps each ``values_from`` reference (``table.column``) to the distinct values
+    the gateway read from that public table: they become the column's public domain.
+
     Raises:
-        CatalogMismatch: if the policy declares a table or column the warehouse lacks.
+        CatalogMismatch: if the policy declares a table or column the warehouse lacks, or a
+            ``values_from`` that is not a public table's column of the same dataset.
     """
     lower_wh = {t.lower(): cols for t, cols in warehouse_columns.items()}
     tables: dict[str, CatalogTable] = {}
     for ds_name, ds in policy.datasets.items():
+        ds_tables = {k.lower(): v for k, v in ds.tables.items()}
         for t_name, t_policy in ds.tables.items():
             wh_cols = lower_wh.get(t_name.lower())
             if wh_cols is None:
@@ -156,18 +179,32 @@ def build_catalog(
                     cls = ColumnClass.BLOCKED
                 else:
                     cls = pol.cls
+                values = pol.values if pol is not None else None
+                if pol is not None and pol.values_from is not None:
+                    ref = pol.values_from.lower()
+                    source = ds_tables.get(ref.split(".")[0])
+                    if source is None or not source.public:
+                        raise CatalogMismatch(
+                            f"values_from {pol.values_from!r} of {t_name}.{c_name} must name a "
+                            f"public table of dataset {ds_name}"
+                        )
+                    if public_values is None or ref not in public_values:
+                        raise CatalogMismatch(f"values_from {pol.values_from!r} was not read")
+                    values = public_values[ref] or None
                 cols[c_name.lower()] = CatalogColumn(
                     name=c_name.lower(),
                     type=logical_type(c_type),
                     cls=cls,
                     bounds=pol.bounds if pol is not None else None,
-                    values=pol.values if pol is not None else None,
+                    values=values,
+                    mask=pol.mask if pol is not None else None,
                 )
             tables[t_name.lower()] = CatalogTable(
                 name=t_name.lower(),
                 dataset=ds_name,
                 public=t_policy.public,
                 columns=MappingProxyType(cols),
+                row_access=t_policy.row_access == "masked" and not t_policy.public,
             )
     return Catalog(
         tables=MappingProxyType(tables),

@@ -147,6 +147,8 @@ class QueryPlan:
     #: How many rows one unit may contribute to the aggregated relation (K; K·K' for a join on
     #: the unit; 1 after per-unit pre-aggregation): the multiplier in every sensitivity.
     rows_per_unit: int = 0
+    #: Masked row-level output of a protected table (``row_access: masked``): not DP, no cost.
+    row_access: bool = False
 
     @property
     def zero_fill(self) -> bool:

@@ -30,6 +30,7 @@ from rewriter.rules.bound_and_emit import (
     measurement_sql,
 )
 from rewriter.rules.check_where import check_where
+from rewriter.rules.masked_rows import MASK_KEY_PARAMETER, is_row_query, masked_outputs
 from rewriter.rules.order_limit import order_limit
 from rewriter.rules.relation import emit_relation, needs_relation, resolve_relation
 from rewriter.rules.resolve_columns import Resolution, resolve_columns
@@ -75,6 +76,8 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
     predicate = check_where(tree, resolution)
     if resolved.table.public:
         return _public_plan(tree, resolved.table, request)
+    if resolved.table.row_access and is_row_query(tree):
+        return _masked_rows_plan(tree, resolved.table, resolution, predicate, request)
     dataset = catalog.datasets[resolved.table.dataset]
     unit = resolved.table.columns[dataset.privacy_unit.lower()]
     k = dataset.defaults.max_rows_per_unit
@@ -366,6 +369,59 @@ def _public_plan(tree: exp.Select, table: CatalogTable, request: PlanRequest) ->
         threshold=None,
         max_rows_per_unit=0,
         cost=PrivacyCost.zero(),
+    )
+
+
+def _masked_rows_plan(
+    tree: exp.Select,
+    table: CatalogTable,
+    resolution: Resolution,
+    predicate: exp.Expression | None,
+    request: PlanRequest,
+) -> QueryPlan:
+    """Rows of a ``row_access: masked`` table through the masks (rewriter.rules.masked_rows)."""
+    columns = masked_outputs(tree, table, resolution, request.dialect)
+    drafts = tuple(
+        OutputDraft(c.name, OutputKind.KEY, c.type, key_index=i, source_sql=c.name)
+        for i, c in enumerate(columns)
+    )
+    ordering = order_limit(tree, drafts, resolution)
+    limit = ordering.limit if ordering.limit is not None else PUBLIC_ROW_CAP
+    quoted = exp.to_identifier(table.name, quoted=True).sql(dialect=request.dialect)
+
+    def emit(pred: exp.Expression | None) -> str:
+        select = ", ".join(
+            f"{c.sql} AS {exp.to_identifier(c.name, quoted=True).sql(dialect=request.dialect)}"
+            for c in columns
+        )
+        where = f" WHERE {pred.sql(dialect=request.dialect)}" if pred is not None else ""
+        order = ""
+        if ordering.order_by:
+            order = " ORDER BY " + ", ".join(
+                f"{k.output_index + 1}{' DESC' if k.descending else ''}" for k in ordering.order_by
+            )
+        offset = f" OFFSET {ordering.offset}" if ordering.offset else ""
+        return f"SELECT {select} FROM {quoted} AS __pg_t{where}{order} LIMIT {limit}{offset}"
+
+    return QueryPlan(
+        dataset=table.dataset,
+        tables=(table.name,),
+        normalized_sql=tree.sql(dialect="postgres"),
+        redacted_sql=redact_literals(tree),
+        warehouse_sql=emit(predicate),
+        redacted_warehouse_sql=emit(_redacted(predicate)),
+        parameters=(MASK_KEY_PARAMETER,) * sum(1 for c in columns if c.keyed),
+        protected=False,
+        outputs=tuple(
+            OutputColumn(name=c.name, kind=OutputKind.KEY, type=c.type, key_index=i)
+            for i, c in enumerate(columns)
+        ),
+        group_keys=(),
+        measurements=(),
+        threshold=None,
+        max_rows_per_unit=0,
+        cost=PrivacyCost.zero(),
+        row_access=True,
     )
 
 

@@ -21,6 +21,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_TABLE_COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*")
+
+
 class ColumnClass(StrEnum):
     """How a column may be used; see DESIGN.md "Column classes"."""
 
@@ -48,9 +51,16 @@ class ColumnPolicy(_Strict):
         description="Measures only, and required for them. Clamping bounds [low, high]; they set "
         "the noise scale.",
     )
+    values_from: str | None = Field(
+        default=None,
+        description="Dimensions only, instead of `values`: `table.column` of a public table of "
+        "the same dataset whose distinct values are the public domain (read by the gateway when "
+        "it loads the policy; at most 10,000).",
+    )
     mask: Literal["hash", "redact", "truncate", "generalize"] | None = Field(
         default=None,
-        description="Masked columns only, and required for them. Masked output is planned.",
+        description="Masked columns only, and required for them: how the column is shown in "
+        "row-level output of a table with `row_access: masked` (docs/sql.md#masked-rows).",
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -74,6 +84,13 @@ class ColumnPolicy(_Strict):
                 raise ValueError("values must list at least one value (or be left out)")
             if len(set(self.values)) != len(self.values):
                 raise ValueError("values must not repeat")
+        if self.values_from is not None:
+            if not _TABLE_COLUMN.fullmatch(self.values_from):
+                raise ValueError("values_from must look like table.column")
+            if self.class_ is not ColumnClass.DIMENSION:
+                raise ValueError("values_from only applies to dimensions")
+            if self.values is not None:
+                raise ValueError("give values or values_from, not both")
         if self.class_ is ColumnClass.MASKED and self.mask is None:
             raise ValueError("a masked column needs mask: hash, redact, truncate or generalize")
         if self.mask is not None and self.class_ is not ColumnClass.MASKED:
@@ -99,6 +116,12 @@ class TablePolicy(_Strict):
         default=False,
         description="Reference data about no one. Every column is treated as class `public`, "
         "queries run as written, nothing is charged.",
+    )
+    row_access: Literal["none", "masked"] = Field(
+        default="none",
+        description="`masked`: queries without aggregates may return rows of this protected "
+        "table, showing only its masked columns (through their masks) and public-class columns. "
+        "Not differentially private: a pseudonymised extract, opted into per table.",
     )
     columns: dict[str, Annotated[ColumnPolicy, Field()]] = Field(
         default_factory=dict,
