@@ -83,7 +83,9 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
     k = dataset.defaults.max_rows_per_unit
     prebounded = request.prebounded.get(resolved.table.name.lower()) == k
 
-    def emit(shape: Shape, predicate: exp.Expression | None, with_units: bool) -> str:
+    def emit(
+        shape: Shape, predicate: exp.Expression | None, with_units: bool, redacted: bool
+    ) -> str:
         return bound_and_emit(
             table=resolved.table,
             unit=unit,
@@ -126,7 +128,9 @@ def _relation_plan(tree: exp.Select, catalog: Catalog, request: PlanRequest) -> 
     unit_name = dataset.privacy_unit.lower()
     unit = relation.sources[0].columns[unit_name]
 
-    def emit(shape: Shape, predicate: exp.Expression | None, with_units: bool) -> str:
+    def emit(
+        shape: Shape, predicate: exp.Expression | None, with_units: bool, redacted: bool
+    ) -> str:
         args: dict[str, str] = {}
         for m in shape.measurements:
             if m.arg is not None and m.arg.sql not in args:
@@ -146,6 +150,7 @@ def _relation_plan(tree: exp.Select, catalog: Catalog, request: PlanRequest) -> 
             with_units=with_units,
             units_column=UNITS_COLUMN,
             dialect=request.dialect,
+            redacted=redacted,
         )
 
     return _protected_plan(
@@ -176,7 +181,7 @@ def _protected_plan(
     predicate: exp.Expression | None,
     rows_per_unit: int,
     parameters: tuple[str, ...],
-    emit: Callable[[Shape, exp.Expression | None, bool], str],
+    emit: Callable[[Shape, exp.Expression | None, bool, bool], str],
     note: str = "",
 ) -> QueryPlan:
     shape = shape_aggregates(tree, resolution, dialect=request.dialect, unit=unit)
@@ -193,11 +198,11 @@ def _protected_plan(
         raise Unsupported("a query on a protected table needs at least one aggregate")
     n_parts = len(shape.measurements) + (1 if needs_threshold else 0)
     share = epsilon / n_parts
-    sql = emit(shape, predicate, needs_threshold)
+    sql = emit(shape, predicate, needs_threshold, False)
     redacted_shape = shape_aggregates(
         tree, resolution, dialect=request.dialect, unit=unit, redact=True
     )
-    redacted_sql = emit(redacted_shape, _redacted(predicate), needs_threshold)
+    redacted_sql = emit(redacted_shape, _redacted(predicate), needs_threshold, True)
     measurements = tuple(
         Measurement(
             column=f"m{i}",

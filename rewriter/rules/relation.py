@@ -71,6 +71,8 @@ class Relation:
     salt_refs: int
     resolution: Resolution
     ctes: list[tuple[str, str]] = field(default_factory=list)
+    #: The same CTEs with the analyst's literals replaced by ``?`` (for the audit log).
+    ctes_redacted: list[tuple[str, str]] = field(default_factory=list)
     #: Why the bound is what it is, for the plan and explain.
     note: str = ""
 
@@ -127,6 +129,7 @@ def resolve_relation(
         salt_refs=builder.salt_refs,
         resolution=resolution,
         ctes=builder.bodies,
+        ctes_redacted=[(a, builder.redacted_bodies.get(a, b)) for a, b in builder.bodies],
         note=note,
     )
 
@@ -161,6 +164,8 @@ class _Builder:
         self.prebounded = prebounded
         self.ctes = ctes
         self.bodies: list[tuple[str, str]] = []
+        #: Bodies whose audit copy differs (subqueries with the analyst's literals).
+        self.redacted_bodies: dict[str, str] = {}
         self.tables: list[str] = []
         self.salt_refs = 0
         self.bounds: dict[str, int] = {}
@@ -350,12 +355,15 @@ class _Builder:
         res = _resolve_columns(inner, [base])
         predicate = check_where(inner, res)
         compiler = RowCompiler(res, self.dialect)
+        # The audit copy: the same body with the analyst's literals as `?`.
+        redacting = RowCompiler(res, self.dialect, redact=True)
         k = self.bounds[base.alias]
         unit = self.catalog.datasets[table.dataset].privacy_unit.lower()
         group = inner.args.get("group")
         alias = self._alias()
         columns: dict[str, CatalogColumn] = {}
         select: list[str] = [f"{base.unit_sql} AS __pg_unit"]
+        select_redacted: list[str] = list(select)
         group_sql: list[str] = []
         if group is not None:
             keys = list(group.expressions)
@@ -387,6 +395,7 @@ class _Builder:
                     continue
                 ident = exp.to_identifier(col.name, quoted=True).sql(dialect=self.dialect)
                 select.append(f"{base.alias}.{ident} AS {ident}")
+                select_redacted.append(select[-1])
                 columns[col.name] = dataclasses.replace(col, source=alias)
         for item in items:
             name = (item.alias_or_name or "").lower()
@@ -397,16 +406,23 @@ class _Builder:
             if made is None:
                 continue  # the unit itself: carried as __pg_unit
             sql, column = made
-            select.append(
-                f"{sql} AS {exp.to_identifier(name, quoted=True).sql(dialect=self.dialect)}"
-            )
+            again = _derived_column(expr, name, alias, res, redacting, group is not None, k, unit)
+            assert again is not None
+            ident = exp.to_identifier(name, quoted=True).sql(dialect=self.dialect)
+            select.append(f"{sql} AS {ident}")
+            select_redacted.append(f"{again[0]} AS {ident}")
             columns[name] = column
-        where = f" WHERE {predicate.sql(dialect=self.dialect)}" if predicate is not None else ""
         grouped = ""
         if group is not None:
             grouped = " GROUP BY " + ", ".join([base.unit_sql, *group_sql])
-        body = f"SELECT {', '.join(select)} FROM {base.alias} AS {base.alias}{where}{grouped}"
+
+        def body_of(items: list[str], pred: exp.Expression | None) -> str:
+            where = f" WHERE {pred.sql(dialect=self.dialect)}" if pred is not None else ""
+            return f"SELECT {', '.join(items)} FROM {base.alias} AS {base.alias}{where}{grouped}"
+
+        body = body_of(select, predicate)
         self.bodies.append((alias, body))
+        self.redacted_bodies[alias] = body_of(select_redacted, _redact_literals(predicate))
         # The unit column, if the subquery selected it, is an identifier of the derived table.
         unit_col = table.columns[unit]
         columns.setdefault(unit, dataclasses.replace(unit_col, name="__pg_unit", source=alias))
@@ -515,6 +531,12 @@ def _per_unit_aggregate(
     return sql, CatalogColumn(name, kind, ColumnClass.MEASURE, bounds, source=alias)
 
 
+def _redact_literals(predicate: exp.Expression | None) -> exp.Expression | None:
+    if predicate is None:
+        return None
+    return predicate.copy().transform(lambda n: exp.var("?") if isinstance(n, exp.Literal) else n)
+
+
 def _same_family(a: LogicalType, b: LogicalType) -> bool:
     numeric = (LogicalType.INTEGER, LogicalType.FLOAT)
     return a == b or (a in numeric and b in numeric)
@@ -589,8 +611,10 @@ def emit_relation(
     with_units: bool,
     units_column: str,
     dialect: str,
+    redacted: bool = False,
 ) -> str:
-    """The warehouse SQL: bounded CTEs, the joined rows, then one row per group."""
+    """The warehouse SQL: bounded CTEs, the joined rows, then one row per group
+    (``redacted``: the audit copy, with subqueries' literals replaced)."""
 
     def q(name: str) -> str:
         return str(exp.to_identifier(name, quoted=True).sql(dialect=dialect))
@@ -601,7 +625,8 @@ def emit_relation(
     where = f" WHERE {relation.unit_sql} IS NOT NULL"
     if predicate is not None:
         where += f" AND ({predicate.sql(dialect=dialect)})"
-    ctes = [f"{alias} AS ({body})" for alias, body in relation.ctes]
+    bodies = relation.ctes_redacted if redacted else relation.ctes
+    ctes = [f"{alias} AS ({body})" for alias, body in bodies]
     ctes.append(f"__pg_rows AS (SELECT {', '.join(inner)} FROM {relation.from_sql}{where})")
     outer = [f"{q(f'g{i}')} AS k{i}" for i in range(len(keys))]
     outer += [f"{sql} AS m{i}" for i, sql in enumerate(measurements_sql)]

@@ -679,3 +679,28 @@ def test_rejected_query_has_its_code_and_a_hint(engines: Engines, sql: str, code
         error = info.value
         assert error.code == code, (dialect, error.code, error.message)
         assert error.message and error.hint  # what is wrong, and what to change
+
+
+@pytest.mark.parametrize("dialect", ["duckdb", "postgres"])
+def test_audit_copies_of_the_warehouse_sql_hold_no_query_literal(
+    engines: Engines, dialect: str
+) -> None:
+    """Literals of the analyst (here a canary) never reach the audit copy of the warehouse SQL,
+    wherever they are: WHERE, CASE inside an aggregate, a subquery, a CTE, HAVING."""
+    canary = "canary-7f3a"
+    queries = [
+        f"SELECT COUNT(*) FROM visits WHERE department = '{canary}'",
+        f"SELECT SUM(CASE WHEN department = '{canary}' THEN cost ELSE 0 END) FROM visits",
+        f"SELECT COUNT(CASE department WHEN '{canary}' THEN 1 END) FROM visits",
+        f"WITH t AS (SELECT * FROM visits WHERE department = '{canary}') SELECT COUNT(*) FROM t",
+        f"SELECT AVG(x) FROM (SELECT patient_id, SUM(CASE WHEN department = '{canary}' "
+        "THEN cost END) AS x FROM visits GROUP BY patient_id) t",
+        f"SELECT COUNT(*) FROM visits v JOIN patients p ON v.patient_id = p.patient_id "
+        f"WHERE v.department = '{canary}'",
+        f"SELECT department, COUNT(*) FROM visits GROUP BY department "
+        f"HAVING department <> '{canary}'",
+    ]
+    for sql in queries:
+        plan = _plan(engines, sql, dialect)
+        assert canary not in plan.redacted_warehouse_sql, sql
+        assert canary not in plan.redacted_sql, sql
