@@ -295,3 +295,28 @@ def test_snapshot_build_command(tmp_path: Path, demo_warehouse: Path) -> None:
     assert info["tables"]["visits"]["max_rows_per_unit"] == 5
     assert "table 3/3" in result.stderr and "ready" in result.stderr  # progress
     assert (tmp_path / "data" / "bounded" / f"{info['name']}.duckdb").is_file()
+
+
+def test_a_join_never_mixes_snapshot_and_source_tables() -> None:
+    """If one protected table of a join is not in the snapshot, none is read from it: the
+    statement then has the salt as a parameter and runs on the source, where a table read as
+    'already bounded' would be unbounded."""
+    from gateway.demo import DEMO_POLICY_PATH
+    from gateway.policy_loader import load_policy
+    from rewriter.planner import PlanRequest, plan_query
+    from tests.test_rewriter import DEMO_COLUMNS
+
+    catalog = build_catalog(load_policy(DEMO_POLICY_PATH).policy, DEMO_COLUMNS)
+    sql = "SELECT COUNT(*) FROM visits v JOIN patients p ON v.patient_id = p.patient_id"
+    both = plan_query(
+        PlanRequest(
+            sql=sql, granted=frozenset({"clinic"}), prebounded={"visits": 5, "patients": 5}
+        ),
+        catalog,
+    )
+    assert both.parameters == () and "ROW_NUMBER" not in both.warehouse_sql
+    one = plan_query(
+        PlanRequest(sql=sql, granted=frozenset({"clinic"}), prebounded={"visits": 5}), catalog
+    )
+    assert one.parameters == ("salt", "salt")
+    assert one.warehouse_sql.count("ROW_NUMBER() OVER") == 2  # both bounded per query

@@ -39,12 +39,11 @@ from rewriter.errors import (
     shown,
 )
 from rewriter.policy import ColumnClass
+from rewriter.rules.bound_and_emit import group_by, row_digest
 from rewriter.rules.check_where import check_where
 from rewriter.rules.resolve_columns import Resolution
 from rewriter.rules.resolve_table import _shown_name
 from rewriter.rules.row_expr import RowCompiler, RowValue, double
-
-_SALT_REF = {"duckdb": "?", "postgres": "current_setting('privgate.p1')"}
 
 
 @dataclass
@@ -118,6 +117,11 @@ def resolve_relation(
     datasets = {s.table.dataset for s in sources if s.table is not None and s.kind != "public"}
     if len(datasets) != 1:
         raise Unsupported("all protected tables of a query must belong to one dataset")
+    if builder.used_prebounded and builder.salt_refs:
+        # A statement with parameters runs on the source, not on the snapshot (the warehouse
+        # chooses by that): a table read as "already bounded" would then be read unbounded.
+        # So either every protected table comes from the snapshot, or none does.
+        return resolve_relation(tree, catalog, granted, dialect=dialect, prebounded={})
     resolution = _resolve_columns(tree, sources)
     return Relation(
         sources=sources,
@@ -168,6 +172,7 @@ class _Builder:
         self.redacted_bodies: dict[str, str] = {}
         self.tables: list[str] = []
         self.salt_refs = 0
+        self.used_prebounded = False
         self.bounds: dict[str, int] = {}
         self.notes: dict[str, str] = {}
         self._n = 0
@@ -231,18 +236,16 @@ class _Builder:
         k = self.k_of(table)
         unit = exp.to_identifier(unit_name, quoted=True).sql(dialect=self.dialect)
         if self.prebounded.get(table.name) == k:
+            self.used_prebounded = True
             body = f"SELECT * FROM {quoted}"
         else:
             self.salt_refs += 1
-            every = ", ".join(
+            every = [
                 f"__pg_t.{exp.to_identifier(c.name, quoted=True).sql(dialect=self.dialect)}"
                 for c in table.columns.values()
-            )
-            salt = _SALT_REF[self.dialect]
-            if self.dialect == "postgres":
-                digest = f"md5({salt} || CAST(ROW({every}) AS TEXT))"
-            else:
-                digest = f"hash(hash({salt}, {every}))"
+            ]
+            # The same keyed ranking as single-table per-query bounding (bound_and_emit).
+            digest = row_digest(every, self.dialect)
             body = (
                 f"SELECT * FROM (SELECT __pg_t.*, ROW_NUMBER() OVER (PARTITION BY "
                 f"__pg_t.{unit} ORDER BY {digest}) AS __pg_rank FROM {quoted} AS __pg_t "
@@ -632,5 +635,5 @@ def emit_relation(
     outer += [f"{sql} AS m{i}" for i, sql in enumerate(measurements_sql)]
     if with_units:
         outer.append(f"COUNT(DISTINCT __pg_unit) AS {units_column}")
-    group = f" GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}" if keys else ""
+    group = group_by(len(keys), dialect)
     return f"WITH {', '.join(ctes)} SELECT {', '.join(outer)} FROM __pg_rows{group}"
