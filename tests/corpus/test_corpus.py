@@ -666,6 +666,9 @@ REJECTED: list[tuple[str, str]] = [
     ("SELECT COUNT(*) FROM query('SELECT 1')", TABLE_FN),
     ("SELECT COUNT(COLUMNS(*)) FROM visits", FN),
     ("SELECT COUNT(to_json(v)) FROM visits v", FN),
+    ("SELECT COUNT(visits) FROM visits", COLUMN),  # a whole-row reference in DuckDB
+    ("SELECT COUNT(v) FROM visits v JOIN patients p ON v.patient_id = p.patient_id", COLUMN),
+    ("SELECT COUNT(DISTINCT t) FROM (SELECT * FROM visits) t", COLUMN),
     ("SELECT COUNT(*) FROM visits; SELECT 1", "sql.multiple_statements"),
     ("SELECT COUNT(*) FROM", SYNTAX),
 ]
