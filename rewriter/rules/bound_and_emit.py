@@ -29,12 +29,13 @@ from rewriter.rules.shape_aggregates import MeasurementDraft
 
 UNITS_COLUMN = "__pg_units"
 SALT_PARAMETER = "salt"
-SUPPORTED_DIALECTS = ("duckdb", "postgres")
+SUPPORTED_DIALECTS = ("duckdb", "postgres", "spark")
 
 #: How the emitted SQL refers to its first parameter (the salt), per dialect. DuckDB takes a
 #: positional ``?``; on PostgreSQL the adapter sets it as a transaction-local setting
-#: (gateway.warehouse_pg.parameter_setting) and the statement goes without placeholders.
-_SALT_REF = {"duckdb": "?", "postgres": "current_setting('privgate.p1')"}
+#: (gateway.warehouse_pg.parameter_setting) and the statement goes without placeholders; Spark
+#: takes positional ``?`` markers bound by ``spark.sql(query, args=[…])`` (gateway.warehouse_spark).
+SALT_REF = {"duckdb": "?", "postgres": "current_setting('privgate.p1')", "spark": "?"}
 
 
 def _q(name: str, dialect: str) -> str:
@@ -69,7 +70,7 @@ def bound_and_emit(
             args[m.arg.sql] = f"a{len(args)}"
             inner_cols.append(f"{m.arg.sql} AS {_q(args[m.arg.sql], dialect)}")
     unit_sql = base_column(unit).sql(dialect=dialect)
-    all_cols = ", ".join(base_column(c).sql(dialect=dialect) for c in table.columns.values())
+    all_cols = [base_column(c).sql(dialect=dialect) for c in table.columns.values()]
     where = f"{unit_sql} IS NOT NULL"
     if predicate is not None:
         where += f" AND ({predicate.sql(dialect=dialect)})"
@@ -91,26 +92,53 @@ def bound_and_emit(
         outer.append(f"{measurement_sql(m, arg, dialect)} AS m{i}")
     if with_units:
         outer.append(f"COUNT(DISTINCT __pg_unit) AS {UNITS_COLUMN}")
-    group = f" GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}" if keys else ""
+    group = group_by(len(keys), dialect)
     return (
         f"WITH __pg_rows AS (SELECT {inner} FROM {_q(table.name, dialect)} AS {BASE} WHERE {where}) "
         f"SELECT {', '.join(outer)} FROM __pg_rows{kept}{group}"
     )
 
 
-def _rank(unit_sql: str, all_cols: str, dialect: str) -> str:
-    """Each row's rank among its unit's rows, by a keyed hash of the row's content.
+def group_by(n_keys: int, dialect: str) -> str:
+    """The outer GROUP BY over the keys ``k0``… (empty without keys).
+
+    Spark groups by the inner columns ``g0``…: grouping by a SELECT alias there depends on
+    ``spark.sql.groupByAliases``, which a cluster may have turned off.
+    """
+    if not n_keys:
+        return ""
+    if dialect == "spark":
+        return f" GROUP BY {', '.join(_q(f'g{i}', dialect) for i in range(n_keys))}"
+    return f" GROUP BY {', '.join(f'k{i}' for i in range(n_keys))}"
+
+
+def row_digest(columns: list[str], dialect: str) -> str:
+    """A keyed hash of a row's content: the salt parameter and every column, in table order.
 
     DuckDB: its 64-bit ``hash`` of (salt, columns). PostgreSQL: ``md5`` of the salt and the row's
-    text form (deterministic: floats print shortest-exact since PostgreSQL 12). Rows that tie are
-    identical, so which of them is kept changes no aggregate.
+    text form (deterministic: floats print shortest-exact since PostgreSQL 12). Spark: 64-bit
+    ``xxhash64`` of the salt and each column's own ``xxhash64``: Spark's hash functions skip NULL
+    arguments (``xxhash64(1, NULL) = xxhash64(NULL, 1)``), so each column is hashed alone first
+    and a NULL still takes its place (as the seed, 42). Each is a deterministic function of the
+    row's values and the salt, whatever the engine's partitioning.
+
+    >>> row_digest(["t.a", "t.b"], "spark")
+    'xxhash64(?, xxhash64(t.a), xxhash64(t.b))'
     """
-    salt = _SALT_REF[dialect]
+    salt = SALT_REF[dialect]
     if dialect == "postgres":
-        digest = f"md5({salt} || CAST(ROW({all_cols}) AS TEXT))"
-    else:
-        digest = f"hash(hash({salt}, {all_cols}))"
-    return f"ROW_NUMBER() OVER (PARTITION BY {unit_sql} ORDER BY {digest})"
+        return f"md5({salt} || CAST(ROW({', '.join(columns)}) AS TEXT))"
+    if dialect == "spark":
+        return f"xxhash64({salt}, {', '.join(f'xxhash64({c})' for c in columns)})"
+    return f"hash(hash({salt}, {', '.join(columns)}))"
+
+
+def _rank(unit_sql: str, all_cols: list[str], dialect: str) -> str:
+    """Each row's rank among its unit's rows, by a keyed hash of the row's content
+    (:func:`row_digest`). Rows that tie are identical, so which of them is kept changes no
+    aggregate.
+    """
+    return f"ROW_NUMBER() OVER (PARTITION BY {unit_sql} ORDER BY {row_digest(all_cols, dialect)})"
 
 
 def snapshot_select(
@@ -126,7 +154,7 @@ def snapshot_select(
     if dialect != "duckdb":
         raise Unsupported(f"bounded snapshots are not built on {dialect!r} warehouses")
     unit_sql = base_column(unit).sql(dialect=dialect)
-    all_cols = ", ".join(base_column(c).sql(dialect=dialect) for c in table.columns.values())
+    all_cols = [base_column(c).sql(dialect=dialect) for c in table.columns.values()]
     return (
         f"SELECT * FROM {_q(table.name, dialect)} AS {BASE} WHERE {unit_sql} IS NOT NULL "
         f"QUALIFY {_rank(unit_sql, all_cols, dialect)} <= {int(max_rows_per_unit)}"
@@ -150,6 +178,10 @@ def measurement_sql(m: MeasurementDraft, arg: str, dialect: str = "duckdb") -> s
         )
         if dialect == "postgres":
             return f"array_agg(CAST({value} AS DOUBLE PRECISION))"
+        if dialect == "spark":
+            # collect_list drops NULLs itself (the release would drop them anyway); its order
+            # is arbitrary, which a quantile does not depend on.
+            return f"collect_list(CAST({value} AS DOUBLE))"
         return f"list(CAST({value} AS DOUBLE))"
     assert m.kind is MeasurementKind.SUM
     # GREATEST/LEAST skip NULLs in DuckDB (and PostgreSQL): without the CASE a NULL would be
@@ -157,4 +189,10 @@ def measurement_sql(m: MeasurementDraft, arg: str, dialect: str = "duckdb") -> s
     clamped = (
         f"CASE WHEN {arg} IS NULL THEN NULL ELSE LEAST(GREATEST({arg}, {low!r}), {high!r}) END"
     )
+    if dialect == "spark":
+        # Spark's SUM of BIGINT stays BIGINT: past 2^63 it raises under ANSI mode (an error that
+        # depends on the data) or wraps around without it. A DECIMAL(38, 0) sum holds any sum of
+        # terms bounded by MAX_PER_ROW (DuckDB sums BIGINT into HUGEINT, PostgreSQL into NUMERIC).
+        # Spark's ROUND of a DOUBLE rounds half away from zero, as DuckDB's does.
+        return f"SUM(CAST(ROUND(({clamped}) * {m.fixed_point}) AS DECIMAL(38, 0)))"
     return f"SUM(CAST(ROUND(({clamped}) * {m.fixed_point}) AS BIGINT))"

@@ -11,7 +11,9 @@ the error-oracle argument of ``check_where`` carries over.
 
 Group keys are dimension columns or *generalising* expressions of one dimension — ``date_trunc``,
 ``EXTRACT``, ``floor(x / w) * w``, ``width_bucket`` and prefix ``substr`` — emitted in forms that
-give the same answer on DuckDB and PostgreSQL and cannot raise.
+give the same answer on DuckDB, PostgreSQL and Spark SQL and cannot raise (Spark's ANSI mode, on
+by default since Spark 4, raises on casts and integer arithmetic that overflow: nothing emitted
+here casts a value that could be out of range).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class RowValue:
 
 
 def double(dialect: str) -> str:
+    """The double-precision type's name: ``DOUBLE`` on DuckDB and Spark."""
     return "DOUBLE PRECISION" if dialect == "postgres" else "DOUBLE"
 
 
@@ -389,6 +392,14 @@ class RowCompiler:
         if col.type not in (LogicalType.DATE, LogicalType.TIMESTAMP):
             raise TypeMismatch(f"EXTRACT needs a date or timestamp; {col.name} is {col.type}")
         ref = base_column(col).sql(dialect=self._dialect)
+        if self._dialect == "spark":
+            # No isfinite guard: Spark has no isfinite, and needs none, since its DATE and
+            # TIMESTAMP types have no infinite values (0001-01-01 to 9999-12-31 only). Spark's
+            # dow counts Sunday = 1 … Saturday = 7; DuckDB and PostgreSQL count Sunday = 0.
+            extracted = f"CAST(EXTRACT({part} FROM {ref}) AS INTEGER)"
+            return RowValue(
+                f"({extracted} - 1)" if part == "dow" else extracted, LogicalType.INTEGER
+            )
         # isfinite: EXTRACT of ±infinity is ±Infinity on PostgreSQL, which no integer holds.
         return RowValue(
             f"CASE WHEN isfinite({ref}) THEN CAST(EXTRACT({part} FROM {ref}) AS INTEGER) END",
@@ -420,6 +431,16 @@ class RowCompiler:
             raise TypeMismatch(f"buckets need a numeric dimension; {col.name} is {col.type}")
         ref = base_column(col).sql(dialect=self._dialect)
         sql = f"floor(CAST({ref} AS {double(self._dialect)}) / {_num(divisor)})"
+        if self._dialect == "spark":
+            # Spark's floor of a DOUBLE is a BIGINT: floor(NaN) is 0 and floor(±inf) or of
+            # |x| >= 2^63 raises under ANSI mode. Doubles of magnitude 2^52 or more are whole
+            # already (and NaN stays NaN, ±inf stays ±inf, as DuckDB's and PostgreSQL's floor
+            # give); below that the BIGINT is exact and is cast back to DOUBLE.
+            v = f"(CAST({ref} AS DOUBLE) / {_num(divisor)})"
+            sql = (
+                f"(CASE WHEN isnan({v}) OR abs({v}) >= 4503599627370496 THEN {v} "
+                f"ELSE CAST(floor({v}) AS DOUBLE) END)"
+            )
         if width is not None:
             sql = f"({sql} * {_num(width)})"
         return RowValue(sql, LogicalType.FLOAT)
