@@ -31,6 +31,12 @@ from gateway.snapshots import (
     remove_others,
     snapshot_spec,
 )
+from gateway.snapshots_pg import (
+    PgSnapshotInfo,
+    build_pg_snapshot,
+    find_pg_snapshot,
+    remove_other_pg_snapshots,
+)
 from gateway.warehouse import DuckDBWarehouse, file_version
 from gateway.warehouse_pg import PostgresWarehouse
 
@@ -103,7 +109,7 @@ class Services:
 
     # -- bounded snapshots (gateway.snapshots) ------------------------------------------------
 
-    def refresh_snapshot(self, progress: Progress | None = None) -> SnapshotInfo:
+    def refresh_snapshot(self, progress: Progress | None = None) -> SnapshotInfo | PgSnapshotInfo:
         """Serve the bounded snapshot for the current source and policy, building it if needed.
 
         Raises:
@@ -111,14 +117,33 @@ class Services:
                 previous snapshot (or per-query bounding) keeps serving.
         """
         warehouse = self.warehouse
-        if not isinstance(warehouse, DuckDBWarehouse):
-            raise SnapshotsUnsupported(
-                "bounded snapshots are built on DuckDB warehouses only; this PostgreSQL "
-                "warehouse bounds contributions inside every query"
-            )
-        directory = self.settings.data_dir / "bounded"
         catalog = self.queries.catalog
         salt, source_version, spec = self._snapshot_target()
+        if isinstance(warehouse, PostgresWarehouse):
+            writer = self.settings.warehouse_snapshot_url
+            if writer is None:
+                raise SnapshotsUnsupported(
+                    "bounded snapshots on PostgreSQL need PRIVGATE_WAREHOUSE_SNAPSHOT_URL; "
+                    "this warehouse bounds contributions inside every query"
+                )
+            url = writer.get_secret_value()
+            pg_info = find_pg_snapshot(url, source_version, spec)
+            if pg_info is None:
+                pg_info = build_pg_snapshot(
+                    writer_url=url,
+                    reader_role=warehouse.role,
+                    source_schema=warehouse.schema,
+                    source_version=source_version,
+                    catalog=catalog,
+                    salt=salt,
+                    progress=progress,
+                )
+            current_pg = warehouse.snapshot
+            if current_pg is None or current_pg.name != pg_info.name:
+                warehouse.use_snapshot(pg_info)
+            remove_other_pg_snapshots(url, pg_info.name)
+            return pg_info
+        directory = self.settings.data_dir / "bounded"
         info = find_snapshot(directory, source_version, spec)
         if info is None:
             info = build_snapshot(
@@ -163,14 +188,19 @@ class Services:
         """
         salt = load_secrets(self.settings)["bounding_salt"]
         spec, _ = snapshot_spec(self.queries.catalog, salt)
-        if not isinstance(self.warehouse, DuckDBWarehouse):
-            return salt, self.warehouse.data_version(), spec
+        if isinstance(self.warehouse, PostgresWarehouse):
+            return salt, self.warehouse.source_version(), spec
         return salt, file_version(self.warehouse.path), spec
 
     @property
     def snapshots_enabled(self) -> bool:
-        """Bounded snapshots are on and the warehouse can hold them (DuckDB)."""
-        return self.settings.bounded_snapshots and isinstance(self.warehouse, DuckDBWarehouse)
+        """Bounded snapshots are on and the warehouse can hold them (DuckDB, or PostgreSQL with a
+        snapshot builder role)."""
+        if not self.settings.bounded_snapshots:
+            return False
+        if isinstance(self.warehouse, PostgresWarehouse):
+            return self.settings.warehouse_snapshot_url is not None
+        return isinstance(self.warehouse, DuckDBWarehouse)
 
     def start_snapshot_watch(self) -> None:
         """Check every ``snapshot_check_interval_s`` whether the snapshot is stale; rebuild then."""

@@ -41,6 +41,7 @@ SECRET_FILE_FIELDS = (
     "wire_shadow_dsn",
     "control_db_url",
     "warehouse_url",
+    "warehouse_snapshot_url",
 )
 
 
@@ -93,6 +94,12 @@ class Settings(BaseSettings):
         default=None,
         description="postgresql:// URL of a PostgreSQL warehouse, read through a read-only role "
         "(docs/operations.md#postgresql-warehouse); unset: the DuckDB file warehouse_path.",
+    )
+    warehouse_snapshot_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql:// URL of a role that may create schemas in the PostgreSQL "
+        "warehouse's database: bounded snapshots are built there (schemas privgate_b_*) and "
+        "the query role is granted SELECT on them. Unset: PostgreSQL bounds per query.",
     )
     warehouse_schema: str = Field(
         default="public",

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from gateway.errors import QueryTimeout, WarehouseError, WarehouseUnavailable
+from gateway.snapshots_pg import PgSnapshotInfo
 from gateway.warehouse import ResultSet
 
 #: Roles whose members can read or write server files or run programs: never for a warehouse role.
@@ -56,8 +57,6 @@ class PostgresWarehouse:
     """A PostgreSQL schema, read through a least-privileged, read-only role."""
 
     dialect = "postgres"
-    #: Bounded snapshots are built on DuckDB only; PostgreSQL bounds inside every query.
-    snapshot = None
 
     def __init__(
         self,
@@ -90,6 +89,9 @@ class PostgresWarehouse:
         )
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
+        #: (snapshot serving or None, the tables it bounds and their K): swapped as one reference.
+        self._serving: tuple[PgSnapshotInfo | None, Mapping[str, int]] = (None, {})
+        self._role = ""
         try:
             self._check_role()
         except SQLAlchemyError as exc:
@@ -113,6 +115,7 @@ class PostgresWarehouse:
                 "FROM pg_roles WHERE rolname = current_user"
             )
             user, superuser, createrole, bypassrls = _one(cur)
+            self._role = str(user)
             if superuser or createrole or bypassrls:
                 raise WarehouseUnavailable(
                     f"the warehouse role {user} is a superuser or may create roles or bypass "
@@ -148,8 +151,25 @@ class PostgresWarehouse:
     def schema(self) -> str:
         return self._schema
 
+    @property
+    def role(self) -> str:
+        """The role queries run as (bounded snapshots grant it SELECT)."""
+        return self._role
+
+    @property
+    def snapshot(self) -> PgSnapshotInfo | None:
+        return self._serving[0]
+
+    def use_snapshot(self, info: PgSnapshotInfo) -> None:
+        """Serve statements without parameters from the snapshot schema ``info`` from now on."""
+        self._serving = (info, info.bounded())
+
     def prebounded(self) -> Mapping[str, int]:
-        return {}
+        return self._serving[1]
+
+    def source_version(self) -> str:
+        """The data version of the source schema (its write counters and columns)."""
+        return self._source_version()
 
     def columns(self) -> dict[str, list[tuple[str, str]]]:
         rows = self._fetch(
@@ -163,6 +183,11 @@ class PostgresWarehouse:
         return out
 
     def data_version(self) -> str:
+        """The serving snapshot's data version, else the source's."""
+        info = self._serving[0]
+        return info.data_version if info is not None else self._source_version()
+
+    def _source_version(self) -> str:
         """A digest of the schema's columns and its tables' write counters.
 
         PostgreSQL has no file to stat; ``pg_stat_user_tables`` counts the rows each table has had
@@ -211,8 +236,16 @@ class PostgresWarehouse:
             watchdog = threading.Timer(self._timeout_s + 0.5, _cancel)
             watchdog.daemon = True
             watchdog.start()
+            info = self._serving[0]
+            # A statement with parameters is bounded per query and reads the source; one
+            # without reads the snapshot's bounded copies first (public tables from the source).
+            path = [self._schema] if parameters or info is None else [info.schema, self._schema]
             try:
                 with raw.cursor() as cur:
+                    cur.execute(
+                        "SELECT set_config('search_path', %s, true)",
+                        (", ".join(_quote(p) for p in path),),
+                    )
                     for i, value in enumerate(parameters, start=1):
                         cur.execute(
                             "SELECT set_config(%s, %s, true)", (parameter_setting(i), str(value))
@@ -252,6 +285,10 @@ class PostgresWarehouse:
             raise WarehouseUnavailable("the PostgreSQL warehouse is unreachable") from exc
         except psycopg.Error as exc:
             raise WarehouseError("the PostgreSQL warehouse could not read its catalog") from exc
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _one(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:
