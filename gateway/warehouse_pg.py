@@ -201,7 +201,7 @@ class PostgresWarehouse:
             return cached[1]
         with self._version_lock:
             rows = self._fetch(
-                "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del, n_live_tup "
+                "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del "
                 "FROM pg_stat_user_tables WHERE schemaname = %s ORDER BY relname",
                 (self._schema,),
             )
