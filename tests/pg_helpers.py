@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import psycopg
@@ -69,6 +70,20 @@ def copy_tables(
             for row in rows:
                 copy.write_row(row)
         target.execute(f'ANALYZE "{table}"')
+
+
+def in_memory_copy(path: Path, tables: Sequence[str]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB holding ``tables`` of the file at ``path``.
+
+    Read through ATTACH, so it works while other connections hold the file with another
+    configuration (``duckdb.connect`` refuses that).
+    """
+    con = duckdb.connect(":memory:")
+    con.execute(f"ATTACH '{path}' AS src (READ_ONLY)")
+    for table in tables:
+        con.execute(f'CREATE TABLE main."{table}" AS SELECT * FROM src."{table}"')
+    con.execute("DETACH src")
+    return con
 
 
 @contextmanager

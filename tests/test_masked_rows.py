@@ -6,11 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
-from gateway.warehouse import LOCKDOWN
 from tests.conftest import Gateway, start_gateway
+from tests.pg_helpers import in_memory_copy
 
 
 def _policy(policy: dict[str, Any]) -> None:
@@ -32,7 +31,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, demo_warehouse: Path) -> Iterat
 
 @pytest.fixture(scope="module")
 def raw(demo_warehouse: Path) -> list[tuple[Any, ...]]:
-    con = duckdb.connect(str(demo_warehouse), read_only=True, config={**LOCKDOWN, "threads": 2})
+    con = in_memory_copy(demo_warehouse, ("patients",))
     try:
         return con.execute(
             "SELECT email, name, zip3, insurance FROM patients ORDER BY patient_id LIMIT 50"

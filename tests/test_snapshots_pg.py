@@ -7,19 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import psycopg
 import pytest
 
 from gateway.catalog_load import load_catalog
 from gateway.policy_loader import load_policy
 from gateway.snapshots_pg import build_pg_snapshot, find_pg_snapshot, remove_other_pg_snapshots
-from gateway.warehouse import LOCKDOWN
 from gateway.warehouse_pg import PostgresWarehouse
 from rewriter.catalog import Catalog
 from rewriter.planner import PlanRequest, plan_query
 from tests.conftest import Gateway, start_gateway, write_policy
-from tests.pg_helpers import PgWarehouse, pg_warehouse
+from tests.pg_helpers import PgWarehouse, in_memory_copy, pg_warehouse
 
 SALT = b"pg-snapshot-salt"
 K = 5
@@ -27,7 +25,7 @@ K = 5
 
 @pytest.fixture(scope="module")
 def pg(demo_warehouse: Path) -> Iterator[PgWarehouse]:
-    source = duckdb.connect(str(demo_warehouse), read_only=True, config={**LOCKDOWN, "threads": 2})
+    source = in_memory_copy(demo_warehouse, ("visits", "patients", "departments"))
     # The snapshot builder is the database owner here; in production, a role that may create
     # schemas (docs/operations.md#postgresql-warehouse).
     with pg_warehouse(source, ("visits", "patients", "departments"), lambda: source.close()) as m:

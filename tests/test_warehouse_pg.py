@@ -8,28 +8,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import psycopg
 import pytest
 
 from gateway.errors import QueryTimeout, WarehouseError, WarehouseUnavailable
-from gateway.warehouse import LOCKDOWN
 from gateway.warehouse_pg import PostgresWarehouse
 from rewriter.catalog import LogicalType, build_catalog
 from rewriter.planner import PlanRequest, plan_query
 from tests.conftest import Gateway, start_gateway, write_policy
-from tests.pg_helpers import PgWarehouse, pg_warehouse
+from tests.pg_helpers import PgWarehouse, in_memory_copy, pg_warehouse
 
 TABLES = ("visits", "patients", "departments")
 
 
 @pytest.fixture(scope="module")
 def pg(demo_warehouse: Path) -> Iterator[PgWarehouse]:
-    # The same configuration the gateway fixtures open the file with (DuckDB refuses a second
-    # connection to one file with another configuration).
-    config: dict[str, Any] = {**LOCKDOWN, "threads": 2}
-    source = duckdb.connect(str(demo_warehouse), read_only=True, config=config)
-    with pg_warehouse(source, TABLES, copied=lambda: source.close()) as made:
+    source = in_memory_copy(demo_warehouse, TABLES)
+    with pg_warehouse(source, TABLES, copied=source.close) as made:
         yield made
 
 
