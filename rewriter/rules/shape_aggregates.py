@@ -216,7 +216,7 @@ def _key_index(expr: exp.Expression, b: _Builder) -> int | None:
     if isinstance(expr, exp.Column):
         col = b.res.get(id(expr))
         for i, k in enumerate(b.keys):
-            if col is not None and k.column is not None and k.column.name == col.name:
+            if col is not None and k.column is not None and k.column == col:
                 return i
         return None
     try:
