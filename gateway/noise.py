@@ -51,6 +51,7 @@ def _vector_laplace(scale: float) -> Any:
     )
 
 
+@lru_cache(maxsize=4096)
 def accuracy(scale: float, alpha: float) -> float:
     """Half-width ``a`` with P(|noise| > a) <= alpha for discrete Laplace noise of ``scale``."""
     return float(dp.discrete_laplacian_scale_to_accuracy(scale=scale, alpha=alpha))
