@@ -497,6 +497,8 @@ def _per_unit_aggregate(
     dialect = compiler._dialect
     if isinstance(expr, exp.Count):
         arg = expr.this
+        if arg is None:
+            raise Unsupported("COUNT() needs an argument", hint="COUNT(*) counts rows.")
         if isinstance(arg, exp.Star):
             sql = "COUNT(*)"
         elif isinstance(arg, exp.Distinct):

@@ -112,7 +112,9 @@ class RowCompiler:
         out = self._value(node, where)
         return RowValue(out.sql, out.type, out.low, out.high, source, out.column)
 
-    def _value(self, node: exp.Expression, where: str) -> RowValue:
+    def _value(self, node: exp.Expression | None, where: str) -> RowValue:
+        if node is None:
+            raise Unsupported(f"an argument is missing in {where}")
         if isinstance(node, exp.Paren):
             return self._value(node.this, where)
         number = _literal_number(node)
@@ -446,9 +448,10 @@ class RowCompiler:
         return RowValue(sql, LogicalType.FLOAT)
 
     def _width_bucket(self, node: exp.WidthBucket) -> RowValue:
-        low = _literal_number(node.args["min_value"])
-        high = _literal_number(node.args["max_value"])
-        count = _literal_number(node.args["num_buckets"])
+        parts = [node.args.get(k) for k in ("min_value", "max_value", "num_buckets")]
+        if any(p is None for p in parts):
+            raise Unsupported("width_bucket takes a column and three numbers (low, high, count)")
+        low, high, count = (_literal_number(p) for p in parts if p is not None)
         if low is None or high is None or count is None or not count.is_integer():
             raise Unsupported("width_bucket takes a column and three numbers (low, high, count)")
         if not (high > low and 1 <= count <= 10_000):

@@ -370,6 +370,8 @@ def _quantile_spec(expr: exp.Expression) -> tuple[float, exp.Expression] | None:
 
 def _count(expr: exp.Count, alias: str, b: _Builder, source: str) -> OutputDraft:
     arg = expr.this
+    if arg is None:
+        raise Unsupported("COUNT() needs an argument", hint="COUNT(*) counts rows.")
     if isinstance(arg, exp.Star):
         m = b.add_measurement(MeasurementDraft(MeasurementKind.COUNT, None))
     elif isinstance(arg, exp.Distinct):

@@ -497,6 +497,12 @@ REJECTED: list[tuple[str, str]] = [
     ("SELECT COUNT(patient_id) FROM visits", UNSUPPORTED),
     ("SELECT COUNT(email) FROM patients", MASKED),
     ("SELECT COUNT(NULL) FROM visits", UNSUPPORTED),
+    ("SELECT COUNT ( ) FROM visits", UNSUPPORTED),  # found by the fuzz test in CI
+    ("SELECT COUNT(*) FROM visits GROUP BY department HAVING COUNT() > 1", UNSUPPORTED),
+    (
+        "SELECT COUNT(*) FROM (SELECT patient_id, COUNT() AS n FROM visits GROUP BY patient_id) t",
+        UNSUPPORTED,
+    ),
     ("SELECT SUM(DISTINCT cost) FROM visits", UNSUPPORTED),
     ("SELECT SUM(SUM(cost)) FROM visits", UNSUPPORTED),
     ("SELECT LIST(cost) FROM visits", FN),
