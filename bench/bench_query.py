@@ -1,6 +1,7 @@
 """DP query time ÷ raw (non-private) query time on the demo's largest table, measured in one run.
 
     ./dev bench [--patients 100000] [--repeat 15] [--bounding both|snapshot|per-query]
+                [--warehouse duckdb|postgres]
 
 Both sides run on locked-down DuckDB connections to the same warehouse file in the same process;
 the raw query always reads the source table. The DP side is the full ``QueryService.run`` path
@@ -9,6 +10,11 @@ default: bounding done once per data version, its build time reported) and once 
 bounding. Every DP run asks a fresh question (a different ε each time), so no run is a replay.
 The gateway's own overhead (run time minus the time inside ``warehouse.execute``: planning,
 budget reservation and commit, noise, audit) is reported as p50/p99 (over at least 50 runs with the snapshot).
+
+``--warehouse postgres`` copies the demo tables into a database ``privgate_bench_<patients>`` on
+the local PostgreSQL (``--pg-admin-url``, kept between runs), with a read-only query role; the
+raw query then runs through psycopg as the admin on the same server, and the snapshot mode builds
+the bounded schema with the admin as the builder role.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from gateway.composition import build_services
 from gateway.demo import ensure_demo_warehouse
 from gateway.service import CallContext, QueryRequest
 from gateway.settings import Settings, demo_policy_path
-from gateway.warehouse import DuckDBWarehouse
+from gateway.warehouse import DuckDBWarehouse, ResultSet
 
 QUERIES = {
     "group by public domain": (
@@ -85,15 +91,85 @@ def _overhead(fn: Any, clock: _WarehouseClock, runs: int) -> tuple[float, float]
     return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
+class _PgRaw:
+    """The raw query on PostgreSQL, as the admin, through psycopg: no gateway at all."""
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+
+        self._con = psycopg.connect(dsn, autocommit=True)
+
+    def execute(self, sql: str, _params: list[Any]) -> ResultSet:
+        cur = self._con.execute(sql)
+        return ResultSet(tuple(d.name for d in cur.description or ()), cur.fetchall())
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def _pg_copy(admin_url: str, warehouse: Path, patients: int) -> tuple[str, str, str]:
+    """(admin DSN, reader URL, builder URL) of a PostgreSQL copy of the demo warehouse."""
+    import duckdb
+    import psycopg
+
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/
+    from tests.pg_helpers import copy_tables
+
+    database = f"privgate_bench_{patients}"
+    base = admin_url.rsplit("/", 1)[0]
+    dsn = f"{base}/{database}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+        if exists.fetchone() is None:
+            admin.execute(f'CREATE DATABASE "{database}"')
+            source = duckdb.connect(":memory:")
+            source.execute(f"ATTACH '{warehouse}' AS src (READ_ONLY)")
+            tables = ("departments", "patients", "visits")
+            for t in tables:
+                source.execute(f"CREATE TABLE main.{t} AS SELECT * FROM src.{t}")
+            source.execute("DETACH src")
+            with psycopg.connect(dsn, autocommit=True) as con:
+                started = time.perf_counter()
+                con.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                copy_tables(source, con, tables)
+                print(f"copied the demo into PostgreSQL in {time.perf_counter() - started:.1f} s")
+            source.close()
+        with psycopg.connect(dsn, autocommit=True) as con:
+            con.execute(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+                "'privgate_bench_reader') THEN CREATE ROLE privgate_bench_reader LOGIN; END IF; "
+                "END $$"
+            )
+            con.execute("GRANT USAGE ON SCHEMA public TO privgate_bench_reader")
+            con.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO privgate_bench_reader")
+    user = admin_url.split("://", 1)[1].split("@", 1)[0]
+    host = base.split("@", 1)[1]
+    reader = f"postgresql+psycopg://privgate_bench_reader@{host}/{database}"
+    builder = f"postgresql+psycopg://{user}@{host}/{database}"
+    return dsn, reader, builder
+
+
 def _gateway(
-    tmp: Path, warehouse: Path, policy_path: Path, snapshots: bool
+    tmp: Path,
+    warehouse: Path,
+    policy_path: Path,
+    snapshots: bool,
+    pg: tuple[str, str, str] | None = None,
 ) -> tuple[Any, CallContext, float]:
     started = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if pg is not None:
+        extra["warehouse_url"] = pg[1]
+        if snapshots:
+            extra["warehouse_snapshot_url"] = pg[2]
     settings = Settings(
         data_dir=tmp / ("control-snap" if snapshots else "control-pq"),
         warehouse_path=warehouse,
         policy_path=policy_path,
         bounded_snapshots=snapshots,
+        **extra,
     )
     services = build_services(settings)
     built = time.perf_counter() - started
@@ -108,6 +184,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--bounding", choices=["both", "snapshot", "per-query"], default="both")
+    parser.add_argument("--warehouse", choices=["duckdb", "postgres"], default="duckdb")
+    parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -120,13 +198,22 @@ def main() -> None:
         }
         policy_path = tmp / "policy.yaml"
         policy_path.write_text(yaml.safe_dump(policy))
-        raw_wh = DuckDBWarehouse(warehouse)  # the source file, never a snapshot
+        pg = None
+        raw_wh: Any
+        if args.warehouse == "postgres":
+            pg = _pg_copy(args.pg_admin_url, warehouse, args.patients)
+            raw_wh = _PgRaw(pg[0])
+        else:
+            raw_wh = DuckDBWarehouse(warehouse)  # the source file, never a snapshot
         visits = raw_wh.execute("SELECT COUNT(*) FROM visits", []).rows[0][0]
-        print(f"visits: {visits:,} rows, {args.patients:,} patients; median of {args.repeat} runs")
+        print(
+            f"{args.warehouse}: visits {visits:,} rows, {args.patients:,} patients; "
+            f"median of {args.repeat} runs"
+        )
         modes = ["snapshot", "per-query"] if args.bounding == "both" else [args.bounding]
         counter = iter(range(1, 10**9))
         for mode in modes:
-            services, ctx, built = _gateway(tmp, warehouse, policy_path, mode == "snapshot")
+            services, ctx, built = _gateway(tmp, warehouse, policy_path, mode == "snapshot", pg)
             info = services.warehouse.snapshot
             extra = f"; snapshot built in {info.seconds:.2f} s" if info is not None else ""
             print(f"\nbounding: {mode} (gateway start {built:.2f} s{extra})")

@@ -59,7 +59,8 @@ def copy_tables(
     for table in tables:
         columns = source.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+            "WHERE table_catalog = current_database() AND table_schema = 'main' "
+            "AND table_name = ? ORDER BY ordinal_position",
             [table],
         ).fetchall()
         ddl = ", ".join(f'"{name}" {_TYPES[str(kind)]}' for name, kind in columns)
