@@ -109,10 +109,10 @@ class _PgRaw:
 
 def _pg_copy(admin_url: str, warehouse: Path, patients: int) -> tuple[str, str, str]:
     """(admin DSN, reader URL, builder URL) of a PostgreSQL copy of the demo warehouse."""
+    import sys
+
     import duckdb
     import psycopg
-
-    import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/
     from tests.pg_helpers import copy_tables
