@@ -13,7 +13,8 @@ a parameter) on DuckDB. Per measurement, over the union of groups of the two ans
 
 An example is one (query, dataset, neighbour) triple; each drawn dataset pair is checked against
 ``QUERIES_PER_DATASET`` queries to share the cost of loading it. ``PRIVGATE_PROPERTY_EXAMPLES``
-sets the number of examples (default 10,000).
+sets the number of examples (default 10,000), ``PRIVGATE_PROPERTY_QUERIES_PER_DATASET`` the
+sharing (default 10; 1 draws a fresh dataset pair for every example).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tests.corpus.test_corpus import ACCEPTED
 from tests.test_differential import _catalog
 
 EXAMPLES = int(os.environ.get("PRIVGATE_PROPERTY_EXAMPLES", "10000"))
-QUERIES_PER_DATASET = 10
+QUERIES_PER_DATASET = int(os.environ.get("PRIVGATE_PROPERTY_QUERIES_PER_DATASET", "10"))
 SALT = "property-salt"
 INF = float("inf")
 
