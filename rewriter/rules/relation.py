@@ -33,6 +33,7 @@ from rewriter.errors import (
     IdentifierReference,
     MaskedColumn,
     MeasureMisuse,
+    RewriteError,
     UnknownColumn,
     UnknownTable,
     Unsupported,
@@ -405,11 +406,15 @@ class _Builder:
             expr = item.this if isinstance(item, exp.Alias) else item
             if not name:
                 raise Unsupported(f"give {shown(expr, 40)} a name (AS …) in the subquery")
-            made = _derived_column(expr, name, alias, res, compiler, group is not None, k, unit)
+            made = _derived_column(
+                expr, name, alias, res, compiler, group is not None, k, unit, group_sql
+            )
             if made is None:
                 continue  # the unit itself: carried as __pg_unit
             sql, column = made
-            again = _derived_column(expr, name, alias, res, redacting, group is not None, k, unit)
+            again = _derived_column(
+                expr, name, alias, res, redacting, group is not None, k, unit, group_sql
+            )
             assert again is not None
             ident = exp.to_identifier(name, quoted=True).sql(dialect=self.dialect)
             select.append(f"{sql} AS {ident}")
@@ -447,11 +452,32 @@ def _derived_column(
     grouped: bool,
     k: int,
     unit: str,
+    group_sql: list[str] | None = None,
 ) -> tuple[str, CatalogColumn] | None:
+    is_unit = (
+        isinstance(expr, exp.Column)
+        and res.get(id(expr)) is not None
+        and res[id(expr)].name == unit
+    )
+    if is_unit:
+        return None
+    if name == unit:
+        raise Unsupported(
+            f"{name} is the privacy unit: name other columns of the subquery otherwise",
+            hint=f"SELECT {unit}, … AS other_name",
+        )
+    if grouped and not isinstance(expr, exp.AggFunc):
+        # A non-aggregate item of a grouped subquery must be one of its GROUP BY keys.
+        try:
+            key: str | None = compiler.key(expr).sql
+        except RewriteError:
+            key = None  # not even a key (a measure, say)
+        if key is None or group_sql is None or key not in group_sql:
+            raise AggregationRequired(
+                f"{shown(expr, 60)} must appear in the subquery's GROUP BY or be aggregated"
+            )
     if isinstance(expr, exp.Column) and res.get(id(expr)) is not None:
         col = res[id(expr)]
-        if col.name == unit:
-            return None
         if col.cls is ColumnClass.IDENTIFIER:
             raise IdentifierReference(f"identifier column {col.name} cannot be selected")
         if col.cls is ColumnClass.MASKED:
