@@ -469,10 +469,10 @@ def _derived_column(
     if grouped and not isinstance(expr, exp.AggFunc):
         # A non-aggregate item of a grouped subquery must be one of its GROUP BY keys.
         try:
-            key: str | None = compiler.key(expr).sql
+            key_sql: str | None = compiler.key(expr).sql
         except RewriteError:
-            key = None  # not even a key (a measure, say)
-        if key is None or group_sql is None or key not in group_sql:
+            key_sql = None  # not even a key (a measure, say)
+        if key_sql is None or group_sql is None or key_sql not in group_sql:
             raise AggregationRequired(
                 f"{shown(expr, 60)} must appear in the subquery's GROUP BY or be aggregated"
             )
