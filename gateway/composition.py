@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from sqlalchemy import Engine
 
@@ -15,6 +15,7 @@ from gateway.anomaly import AnomalyDetector, AnomalyRules
 from gateway.audit import AuditLog
 from gateway.catalog_load import load_catalog
 from gateway.control_db import make_control_engine, migrate
+from gateway.errors import WarehouseUnavailable
 from gateway.logs import log_query_record
 from gateway.metrics import Metrics
 from gateway.policy_loader import LoadedPolicy, load_policy
@@ -43,6 +44,12 @@ from gateway.warehouse_pg import PostgresWarehouse
 log = logging.getLogger("privgate.composition")
 
 
+if TYPE_CHECKING:
+    from gateway.warehouse_spark import SparkWarehouse
+
+AnyWarehouse = Union[DuckDBWarehouse, PostgresWarehouse, "SparkWarehouse"]
+
+
 class SnapshotsUnsupported(RuntimeError):
     """The warehouse cannot hold bounded snapshots (it bounds per query)."""
 
@@ -51,7 +58,7 @@ class SnapshotsUnsupported(RuntimeError):
 class Services:
     settings: Settings
     policy: LoadedPolicy
-    warehouse: DuckDBWarehouse | PostgresWarehouse
+    warehouse: AnyWarehouse
     ledger: SqlLedger
     audit: AuditLog
     principals: PrincipalStore
@@ -143,6 +150,11 @@ class Services:
                 warehouse.use_snapshot(pg_info)
             remove_other_pg_snapshots(url, pg_info.name)
             return pg_info
+        if not isinstance(warehouse, DuckDBWarehouse):
+            raise SnapshotsUnsupported(
+                f"bounded snapshots are not built on {warehouse.dialect} warehouses; this one "
+                "bounds contributions inside every query"
+            )
         directory = self.settings.data_dir / "bounded"
         info = find_snapshot(directory, source_version, spec)
         if info is None:
@@ -190,7 +202,9 @@ class Services:
         spec, _ = snapshot_spec(self.queries.catalog, salt)
         if isinstance(self.warehouse, PostgresWarehouse):
             return salt, self.warehouse.source_version(), spec
-        return salt, file_version(self.warehouse.path), spec
+        if isinstance(self.warehouse, DuckDBWarehouse):
+            return salt, file_version(self.warehouse.path), spec
+        return salt, self.warehouse.data_version(), spec
 
     @property
     def snapshots_enabled(self) -> bool:
@@ -264,8 +278,21 @@ def build_control(settings: Settings) -> tuple[SqlLedger, AuditLog, PrincipalSto
     return ledger, audit, principals
 
 
-def build_warehouse(settings: Settings) -> DuckDBWarehouse | PostgresWarehouse:
-    """The PostgreSQL warehouse at ``warehouse_url`` if set, else the DuckDB file."""
+def build_warehouse(settings: Settings) -> AnyWarehouse:
+    """The Spark warehouse if ``warehouse_spark_master`` is set, else the PostgreSQL one at
+    ``warehouse_url`` if set, else the DuckDB file."""
+    if settings.warehouse_spark_master is not None:
+        try:
+            from gateway.warehouse_spark import SparkWarehouse
+        except ImportError as exc:
+            raise WarehouseUnavailable(
+                "a Spark warehouse needs pyspark: pip install 'privgate[spark]'"
+            ) from exc
+        return SparkWarehouse(  # bounds per query (no snapshots)
+            settings.warehouse_spark_master,
+            database=settings.warehouse_spark_database,
+            timeout_s=settings.statement_timeout_s,
+        )
     if settings.warehouse_url is not None:
         return PostgresWarehouse(
             settings.warehouse_url.get_secret_value(),

@@ -95,6 +95,17 @@ class Settings(BaseSettings):
         description="postgresql:// URL of a PostgreSQL warehouse, read through a read-only role "
         "(docs/operations.md#postgresql-warehouse); unset: the DuckDB file warehouse_path.",
     )
+    warehouse_spark_master: str | None = Field(
+        default=None,
+        description="Spark master of a Spark SQL warehouse (local[N], spark://host:7077, yarn, "
+        "or sc://host:15002 for Spark Connect; docs/operations.md#spark-warehouse); needs the "
+        "`spark` extra. Unset: PostgreSQL (warehouse_url) or DuckDB.",
+    )
+    warehouse_spark_database: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="The Spark catalog database the policy's tables live in.",
+    )
     warehouse_snapshot_url: SecretStr | None = Field(
         default=None,
         description="postgresql:// URL of a role that may create schemas in the PostgreSQL "

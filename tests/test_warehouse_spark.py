@@ -575,3 +575,38 @@ def test_per_query_sums_equal_a_hand_written_spark_bounding(clinic: Clinic) -> N
         [SALT],
     )
     _same(plan, got, [list(r) for r in reference.rows])
+
+
+def test_the_gateway_answers_over_rest_on_spark(
+    clinic: Clinic, tmp_path: Path, demo_warehouse: Path
+) -> None:
+    """Chosen by settings (PRIVGATE_WAREHOUSE_SPARK_MASTER): the same policy, per-query bounding."""
+    from tests.conftest import start_gateway
+
+    def budget(policy: dict[str, Any]) -> None:
+        policy["datasets"]["clinic"]["budget"] = {
+            "per_principal": {"epsilon": 100, "delta": 0.5},
+            "per_query_max": {"epsilon": 10},
+        }
+
+    for gw in start_gateway(
+        tmp_path,
+        demo_warehouse,
+        budget,
+        warehouse_spark_master="local[1]",  # the running session's master: getOrCreate reuses it
+        warehouse_spark_database="clinic_raw",
+        statement_timeout_s=120,
+    ):
+        assert gw.services.warehouse.dialect == "spark"
+        assert not gw.services.snapshots_enabled
+        with gw.client() as c:
+            r = c.post(
+                "/v1/query",
+                json={
+                    "sql": "SELECT p.sex, COUNT(*) AS n, AVG(v.cost) FROM visits v "
+                    "JOIN patients p ON v.patient_id = p.patient_id GROUP BY p.sex",
+                    "epsilon": 1,
+                },
+            )
+        assert r.status_code == 200, r.text
+        assert sorted(row[0] for row in r.json()["rows"]) == ["F", "M"]
