@@ -216,19 +216,26 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 
 
 def holds(condition: tuple[Any, ...], row: list[Any]) -> bool:
-    """A HAVING condition over released cells (SQL semantics: NULL comparisons are false)."""
+    """A HAVING condition over released cells: the row is kept when it is TRUE (SQL's three-valued
+    logic: a comparison with NULL is unknown, and so is NOT of unknown)."""
+    return _truth(condition, row) is True
+
+
+def _truth(condition: tuple[Any, ...], row: list[Any]) -> bool | None:
     op = condition[0]
-    if op == "and":
-        return holds(condition[1], row) and holds(condition[2], row)
-    if op == "or":
-        return holds(condition[1], row) or holds(condition[2], row)
+    if op in ("and", "or"):
+        a, b = _truth(condition[1], row), _truth(condition[2], row)
+        if op == "and":
+            return False if False in (a, b) else (None if None in (a, b) else True)
+        return True if True in (a, b) else (None if None in (a, b) else False)
     if op == "not":
-        return not holds(condition[1], row)
+        v = _truth(condition[1], row)
+        return None if v is None else not v
     if op == "is_null":
         return evaluate(condition[1], row) is None
     a, b = evaluate(condition[1], row), evaluate(condition[2], row)
     if a is None or b is None:
-        return False
+        return None
     try:
         return _COMPARE[op](a, b)
     except TypeError:  # a key compared with a value of another type
