@@ -40,21 +40,19 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    """A built snapshot, as its manifest records it."""
+class SnapshotManifest:
+    """What every bounded snapshot (a DuckDB file, a PostgreSQL schema) reports; subclasses are
+    dataclasses with ``name``, ``source_version``, ``spec``, ``built_at``, ``seconds`` and
+    ``tables``."""
 
-    path: Path
+    __slots__ = ()
+    name: str
     source_version: str
     spec: str
     built_at: str
     seconds: float
-    #: Per table: ``{"max_rows_per_unit": K or None (public copy), "rows": n, "source_rows": n}``.
+    #: Per table: ``{"max_rows_per_unit": K or None (public copy), "rows": n, …}``.
     tables: Mapping[str, Mapping[str, Any]]
-
-    @property
-    def name(self) -> str:
-        return self.path.stem
 
     @property
     def data_version(self) -> str:
@@ -79,6 +77,22 @@ class SnapshotInfo:
             "seconds": self.seconds,
             "tables": {k: dict(v) for k, v in self.tables.items()},
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo(SnapshotManifest):
+    """A built snapshot file, as its manifest records it."""
+
+    path: Path
+    source_version: str
+    spec: str
+    built_at: str
+    seconds: float
+    tables: Mapping[str, Mapping[str, Any]]
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.path.stem
 
 
 def snapshot_spec(catalog: Catalog, salt: bytes) -> tuple[str, dict[str, int | None]]:

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from gateway.snapshots import Progress, snapshot_spec
+from gateway.snapshots import Progress, SnapshotManifest, snapshot_spec
 from rewriter.catalog import Catalog
 from rewriter.rules.bound_and_emit import _rank
 from rewriter.rules.check_where import base_column
@@ -35,7 +35,9 @@ _SAFE = re.compile(r"[^a-z0-9_]")
 
 
 @dataclass(frozen=True, slots=True)
-class PgSnapshotInfo:
+class PgSnapshotInfo(SnapshotManifest):
+    """A built snapshot schema, as its manifest table records it."""
+
     schema: str
     source_version: str
     spec: str
@@ -44,30 +46,8 @@ class PgSnapshotInfo:
     tables: Mapping[str, Mapping[str, Any]]
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]
         return self.schema
-
-    @property
-    def data_version(self) -> str:
-        return f"{self.source_version}.b{self.spec[:8]}"
-
-    def bounded(self) -> dict[str, int]:
-        return {
-            name.lower(): int(t["max_rows_per_unit"])
-            for name, t in self.tables.items()
-            if t.get("max_rows_per_unit") is not None
-        }
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.schema,
-            "source_version": self.source_version,
-            "data_version": self.data_version,
-            "spec": self.spec,
-            "built_at": self.built_at,
-            "seconds": self.seconds,
-            "tables": {k: dict(v) for k, v in self.tables.items()},
-        }
 
 
 def _dsn(url: str) -> str:

@@ -106,17 +106,18 @@ def serve_app(services: Services, host: str) -> Iterator[int]:
         thread.join(timeout=10)
 
 
+def large_budget(policy: dict[str, Any]) -> None:
+    """A policy mutation: a budget large enough that tests do not run dry."""
+    policy["datasets"]["clinic"]["budget"] = {
+        "per_principal": {"epsilon": 100000, "delta": 0.5},
+        "per_query_max": {"epsilon": 10},
+    }
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, demo_warehouse: Path) -> Iterator[Gateway]:
     """A gateway on the demo policy with a large budget, so tests do not run dry."""
-
-    def big_budget(policy: dict[str, Any]) -> None:
-        policy["datasets"]["clinic"]["budget"] = {
-            "per_principal": {"epsilon": 100000, "delta": 0.5},
-            "per_query_max": {"epsilon": 10},
-        }
-
-    yield from start_gateway(tmp_path_factory.mktemp("gw"), demo_warehouse, big_budget)
+    yield from start_gateway(tmp_path_factory.mktemp("gw"), demo_warehouse, large_budget)
 
 
 def in_ci() -> bool:

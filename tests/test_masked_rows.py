@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway, start_gateway
+from tests.conftest import Gateway, large_budget, start_gateway
 from tests.pg_helpers import in_memory_copy
 
 
@@ -18,10 +18,7 @@ def _policy(policy: dict[str, Any]) -> None:
     patients["columns"]["name"] = {"class": "masked", "mask": "truncate"}
     patients["columns"]["zip3"] = {"class": "masked", "mask": "generalize"}
     patients["columns"]["insurance"] = {"class": "public"}
-    policy["datasets"]["clinic"]["budget"] = {
-        "per_principal": {"epsilon": 1000, "delta": 0.5},
-        "per_query_max": {"epsilon": 10},
-    }
+    large_budget(policy)
 
 
 @pytest.fixture(scope="module")

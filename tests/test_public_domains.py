@@ -11,16 +11,13 @@ from gateway.catalog_load import load_catalog
 from gateway.policy_loader import load_policy
 from gateway.warehouse import DuckDBWarehouse
 from rewriter.catalog import CatalogMismatch
-from tests.conftest import start_gateway, write_policy
+from tests.conftest import large_budget, start_gateway, write_policy
 
 
 def _from_departments(policy: dict[str, Any]) -> None:
     columns = policy["datasets"]["clinic"]["tables"]["visits"]["columns"]
     columns["department"] = {"class": "dimension", "values_from": "departments.department"}
-    policy["datasets"]["clinic"]["budget"] = {
-        "per_principal": {"epsilon": 1000, "delta": 0.5},
-        "per_query_max": {"epsilon": 10},
-    }
+    large_budget(policy)
 
 
 def test_domain_from_a_public_table_is_zero_filled(tmp_path: Path, demo_warehouse: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -16,7 +15,7 @@ from gateway.snapshots_pg import build_pg_snapshot, find_pg_snapshot, remove_oth
 from gateway.warehouse_pg import PostgresWarehouse
 from rewriter.catalog import Catalog
 from rewriter.planner import PlanRequest, plan_query
-from tests.conftest import Gateway, start_gateway, write_policy
+from tests.conftest import Gateway, large_budget, start_gateway, write_policy
 from tests.pg_helpers import PgWarehouse, in_memory_copy, pg_warehouse
 
 SALT = b"pg-snapshot-salt"
@@ -173,16 +172,10 @@ def test_old_snapshots_are_dropped(
 def gw(
     tmp_path_factory: pytest.TempPathFactory, demo_warehouse: Path, pg: PgWarehouse
 ) -> Iterator[Gateway]:
-    def budget(policy: dict[str, Any]) -> None:
-        policy["datasets"]["clinic"]["budget"] = {
-            "per_principal": {"epsilon": 1000, "delta": 0.5},
-            "per_query_max": {"epsilon": 10},
-        }
-
     yield from start_gateway(
         tmp_path_factory.mktemp("pgsnap"),
         demo_warehouse,
-        budget,
+        large_budget,
         warehouse_url=pg.reader_url,
         warehouse_snapshot_url=writer(pg),
     )

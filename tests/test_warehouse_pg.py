@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -15,7 +14,7 @@ from gateway.errors import QueryTimeout, WarehouseError, WarehouseUnavailable
 from gateway.warehouse_pg import PostgresWarehouse
 from rewriter.catalog import LogicalType, build_catalog
 from rewriter.planner import PlanRequest, plan_query
-from tests.conftest import Gateway, start_gateway, write_policy
+from tests.conftest import Gateway, large_budget, start_gateway, write_policy
 from tests.pg_helpers import PgWarehouse, in_memory_copy, pg_warehouse
 
 TABLES = ("visits", "patients", "departments")
@@ -162,14 +161,8 @@ def test_a_planned_query_runs_with_the_salt_as_a_setting(
 def pg_gateway(
     tmp_path_factory: pytest.TempPathFactory, demo_warehouse: Path, pg: PgWarehouse
 ) -> Iterator[Gateway]:
-    def budget(policy: dict[str, Any]) -> None:
-        policy["datasets"]["clinic"]["budget"] = {
-            "per_principal": {"epsilon": 1000, "delta": 0.5},
-            "per_query_max": {"epsilon": 10},
-        }
-
     yield from start_gateway(
-        tmp_path_factory.mktemp("pggw"), demo_warehouse, budget, warehouse_url=pg.reader_url
+        tmp_path_factory.mktemp("pggw"), demo_warehouse, large_budget, warehouse_url=pg.reader_url
     )
 
 

@@ -581,18 +581,12 @@ def test_the_gateway_answers_over_rest_on_spark(
     clinic: Clinic, tmp_path: Path, demo_warehouse: Path
 ) -> None:
     """Chosen by settings (PRIVGATE_WAREHOUSE_SPARK_MASTER): the same policy, per-query bounding."""
-    from tests.conftest import start_gateway
-
-    def budget(policy: dict[str, Any]) -> None:
-        policy["datasets"]["clinic"]["budget"] = {
-            "per_principal": {"epsilon": 100, "delta": 0.5},
-            "per_query_max": {"epsilon": 10},
-        }
+    from tests.conftest import large_budget, start_gateway
 
     for gw in start_gateway(
         tmp_path,
         demo_warehouse,
-        budget,
+        large_budget,
         warehouse_spark_master="local[1]",  # the running session's master: getOrCreate reuses it
         warehouse_spark_database="clinic_raw",
         statement_timeout_s=120,

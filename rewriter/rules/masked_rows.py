@@ -35,11 +35,11 @@ from rewriter.errors import (
     shown,
 )
 from rewriter.policy import ColumnClass
+from rewriter.rules.bound_and_emit import SALT_REF  # how a statement's parameter is read
 from rewriter.rules.check_where import base_column
 from rewriter.rules.resolve_columns import Resolution
 
 MASK_KEY_PARAMETER = "mask_key"
-_KEY_REF = {"duckdb": "?", "postgres": "current_setting('privgate.p1')"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +118,7 @@ def _masked(col: CatalogColumn, name: str, dialect: str) -> MaskedColumnOut:
     kind = col.type
     if mask == "hash":
         return MaskedColumnOut(
-            name, LogicalType.STRING, f"md5({_KEY_REF[dialect]} || CAST({ref} AS {text}))", True
+            name, LogicalType.STRING, f"md5({SALT_REF[dialect]} || CAST({ref} AS {text}))", True
         )
     if mask == "redact":
         return MaskedColumnOut(
