@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, select
@@ -85,11 +86,13 @@ from budgets.ledger_schema import (
     utc,
 )
 from budgets.ledger_steps import (
+    INSERT_RESERVATION,
     account_row,
     charge,
     charge_windowed,
     check_units,
     give_back,
+    in_transaction,
     known_state,
     record_reservation,
     reservation_by_query_id,
@@ -154,8 +157,13 @@ class SqlLedger(LedgerAdmin):
         dataset_limit: PrivacyCost | None = None,
         principal_window_s: int | None = None,
         now: datetime | None = None,
+        executing: bool = False,
     ) -> Reservation:
         """Charge ``cost`` to every scope of (principal, dataset) at once, or to none.
+
+        With ``executing`` the reservation is made already marked executing (one transaction
+        instead of :meth:`reserve` then :meth:`mark_executing`): for a caller that reserves only
+        once the warehouse is reachable, so that there is never anything to refund.
 
         ``principal_limit`` and ``dataset_limit`` only seed accounts that do not exist yet; an
         existing account keeps its stored limit (change it with :meth:`set_limit`). The
@@ -203,22 +211,16 @@ class SqlLedger(LedgerAdmin):
                     "eps_units": cost.epsilon_units,
                     "delta_units": cost.delta_units,
                     "charged_dataset_scope": dataset_epoch is not None,
-                    "state": "reserved",
+                    "state": "executing" if executing else "reserved",
                     "created_at": moment,
                     "finished_at": None,
                     "principal_epoch": principal_epoch,
                     "dataset_epoch": dataset_epoch or 0,
                 }
-                row = (
-                    conn.execute(
-                        budget_reservations.insert()
-                        .values(**values)
-                        .returning(*budget_reservations.c)
-                    )
-                    .mappings()
-                    .one()
-                )
+                row = conn.execute(INSERT_RESERVATION, values).mappings().one()
                 record_reservation(conn, row, "reserve", moment)
+                if executing:
+                    record_reservation(conn, row, "execute", moment)
                 return reservation_of(row)
         except IntegrityError:
             # On PostgreSQL two requests with one query_id can race past the lookup above; the
@@ -251,23 +253,33 @@ class SqlLedger(LedgerAdmin):
             f"reservation {reservation_id} is {state}, not reserved; the query must not run"
         )
 
-    def commit(self, reservation_id: str) -> None:
+    def begin(self) -> AbstractContextManager[Connection]:
+        """A transaction on the control database, for callers that make several stores' writes
+        durable at once (``conn=`` of :meth:`commit` and :meth:`balance`)."""
+        return self._engine.begin()
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def commit(self, reservation_id: str, *, conn: Connection | None = None) -> None:
         """Make a reservation final (from ``reserved`` or ``executing``). Committing twice is a
-        no-op, so a retried commit is safe.
+        no-op, so a retried commit is safe. With ``conn`` it is a step of the caller's
+        transaction.
 
         Raises:
             ReservationNotFound: no such reservation.
             ReservationAlreadyRefunded: it was refunded, so its answer must not be released.
         """
-        with self._engine.begin() as conn:
+        with in_transaction(self._engine, conn) as tx:
             moment = self._clock()
             row = transition(
-                conn, reservation_id, src=("reserved", "executing"), dst="committed", now=moment
+                tx, reservation_id, src=("reserved", "executing"), dst="committed", now=moment
             )
             if row is not None:
-                record_reservation(conn, row, "commit", moment)
+                record_reservation(tx, row, "commit", moment)
                 return
-            state = known_state(conn, reservation_id)
+            state = known_state(tx, reservation_id)
         if state == "refunded":
             raise ReservationAlreadyRefunded(
                 f"reservation {reservation_id} was refunded and cannot be committed"
@@ -345,6 +357,7 @@ class SqlLedger(LedgerAdmin):
         principal_limit: PrivacyCost,
         principal_window_s: int | None = None,
         now: datetime | None = None,
+        conn: Connection | None = None,
     ) -> Balance:
         """A scope's limit, spending and remainder (``principal=''`` for the dataset total).
 
@@ -353,7 +366,10 @@ class SqlLedger(LedgerAdmin):
         reports ``principal_limit`` with nothing spent; reading a balance never creates an account.
         """
         scope = Scope.of(principal=principal, dataset=dataset)
-        with self._engine.connect() as conn:
+        reading: AbstractContextManager[Connection] = (
+            self._engine.connect() if conn is None else nullcontext(conn)
+        )
+        with reading as conn:
             row = account_row(conn, scope)
             if row is None:
                 return Balance(

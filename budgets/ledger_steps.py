@@ -8,10 +8,12 @@ transactions on PostgreSQL never deadlock.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, Table, func, select, update
+from sqlalchemy import Connection, Engine, RowMapping, Table, and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from budgets.cost import PrivacyCost, fraction_str
@@ -36,6 +38,17 @@ from budgets.ledger_schema import (
 )
 
 
+@contextmanager
+def in_transaction(engine: Engine, conn: Connection | None) -> Iterator[Connection]:
+    """``conn`` when the caller has a transaction open (its commit makes the steps durable, its
+    rollback undoes them), else a transaction of our own on ``engine``."""
+    if conn is not None:
+        yield conn
+        return
+    with engine.begin() as own:
+        yield own
+
+
 def check_units(cost: PrivacyCost, what: str) -> None:
     if cost.epsilon_units > MAX_UNITS or cost.delta_units > MAX_UNITS:
         raise InvalidCost(
@@ -57,16 +70,63 @@ def dialect_insert(conn: Connection, table: Table) -> Any:
     raise NotImplementedError(f"the ledger supports SQLite and PostgreSQL, not {name}")
 
 
+# -- statements built once ---------------------------------------------------------------------
+# Building a SQLAlchemy statement costs ~0.3 ms; executing a prebuilt one with bound parameters
+# ~0.05 ms. These run on every query, so they are built here, once, with bindparam()s.
+
+_acc = budget_accounts.c
+_res = budget_reservations.c
+_SCOPE = and_(
+    _acc.scope_kind == bindparam("s_kind"),
+    _acc.principal == bindparam("s_principal"),
+    _acc.dataset == bindparam("s_dataset"),
+)
+_ACCOUNT = select(budget_accounts).where(_SCOPE)
+_ACCOUNT_LOCKED = _ACCOUNT.with_for_update()
+_TRY_CHARGE = (
+    update(budget_accounts)
+    .where(
+        _SCOPE,
+        _acc.eps_spent + bindparam("e") <= _acc.eps_limit,
+        _acc.delta_spent + bindparam("d") <= _acc.delta_limit,
+    )
+    .values(
+        eps_spent=_acc.eps_spent + bindparam("e"),
+        delta_spent=_acc.delta_spent + bindparam("d"),
+        updated_at=bindparam("now"),
+    )
+    .returning(_acc.epoch)
+)
+_TRANSITION = (
+    update(budget_reservations)
+    .where(_res.id == bindparam("rid"), _res.state.in_(bindparam("src", expanding=True)))
+    .values(state=bindparam("dst"))
+    .returning(*budget_reservations.c)
+)
+_TRANSITION_FINISHED = (
+    update(budget_reservations)
+    .where(_res.id == bindparam("rid"), _res.state.in_(bindparam("src", expanding=True)))
+    .values(state=bindparam("dst"), finished_at=bindparam("now"))
+    .returning(*budget_reservations.c)
+)
+_STATE = select(_res.state).where(_res.id == bindparam("rid"))
+_BY_QUERY_ID = select(budget_reservations).where(_res.query_id == bindparam("qid"))
+_INSERT_EVENT = budget_events.insert()
+INSERT_RESERVATION = budget_reservations.insert().returning(*budget_reservations.c)
+
+
+def _scope(scope: Scope) -> dict[str, str]:
+    return {"s_kind": scope.kind, "s_principal": scope.principal, "s_dataset": scope.dataset}
+
+
 def account_row(conn: Connection, scope: Scope, *, lock: bool = False) -> RowMapping | None:
     """A scope's account row; ``lock`` takes its row lock on PostgreSQL (``SELECT ... FOR UPDATE``).
 
     SQLite ignores ``FOR UPDATE``; there the control engine's ``BEGIN IMMEDIATE`` already holds the
     database's write lock for the whole transaction.
     """
-    stmt = select(budget_accounts).where(scope.where())
-    if lock:
-        stmt = stmt.with_for_update()
-    return conn.execute(stmt).mappings().one_or_none()
+    stmt = _ACCOUNT_LOCKED if lock else _ACCOUNT
+    return conn.execute(stmt, _scope(scope)).mappings().one_or_none()
 
 
 def create_if_absent(conn: Connection, scope: Scope, limit: PrivacyCost, now: datetime) -> None:
@@ -96,18 +156,8 @@ def remaining_text(limit_e: int, limit_d: int, used_e: int, used_d: int) -> str:
 def _try_charge(conn: Connection, scope: Scope, cost: PrivacyCost, now: datetime) -> int | None:
     # The limit check lives in the UPDATE's WHERE clause, so it is evaluated against the row as it
     # is when the row lock is held: a concurrent charge cannot slip in between check and write.
-    e, d = cost.epsilon_units, cost.delta_units
-    acc = budget_accounts.c
-    epoch = conn.execute(
-        update(budget_accounts)
-        .where(
-            scope.where(),
-            acc.eps_spent + e <= acc.eps_limit,
-            acc.delta_spent + d <= acc.delta_limit,
-        )
-        .values(eps_spent=acc.eps_spent + e, delta_spent=acc.delta_spent + d, updated_at=now)
-        .returning(acc.epoch)
-    ).scalar_one_or_none()
+    params = {**_scope(scope), "e": cost.epsilon_units, "d": cost.delta_units, "now": now}
+    epoch = conn.execute(_TRY_CHARGE, params).scalar_one_or_none()
     return None if epoch is None else int(epoch)
 
 
@@ -261,16 +311,11 @@ def transition(
     ``src``. Conditional, so of two racing transitions (two replicas, a retry and a reconcile) only
     one can ever apply.
     """
-    r = budget_reservations.c
-    values: dict[str, Any] = {"state": dst}
-    if dst in ("committed", "refunded"):
-        values["finished_at"] = now
+    finished = dst in ("committed", "refunded")
     return (
         conn.execute(
-            update(budget_reservations)
-            .where(r.id == reservation_id, r.state.in_(src))
-            .values(**values)
-            .returning(*budget_reservations.c)
+            _TRANSITION_FINISHED if finished else _TRANSITION,
+            {"rid": reservation_id, "src": list(src), "dst": dst, "now": now},
         )
         .mappings()
         .one_or_none()
@@ -279,7 +324,7 @@ def transition(
 
 def state_of(conn: Connection, reservation_id: str) -> ReservationState | None:
     state: ReservationState | None = conn.execute(
-        select(budget_reservations.c.state).where(budget_reservations.c.id == reservation_id)
+        _STATE, {"rid": reservation_id}
     ).scalar_one_or_none()
     return state
 
@@ -297,16 +342,17 @@ def record(
 ) -> None:
     """Append one history event, in the transaction of the change it describes."""
     conn.execute(
-        budget_events.insert().values(
-            ts=now,
-            principal=scope.principal,
-            dataset=scope.dataset,
-            kind=kind,
-            eps_units=eps_units,
-            delta_units=delta_units,
-            query_id=query_id,
-            actor=actor,
-        )
+        _INSERT_EVENT,
+        {
+            "ts": now,
+            "principal": scope.principal,
+            "dataset": scope.dataset,
+            "kind": kind,
+            "eps_units": eps_units,
+            "delta_units": delta_units,
+            "query_id": query_id,
+            "actor": actor,
+        },
     )
 
 
@@ -323,11 +369,7 @@ def record_reservation(conn: Connection, res: RowMapping, kind: EventKind, now: 
 
 
 def reservation_by_query_id(conn: Connection, query_id: str) -> Reservation | None:
-    row = (
-        conn.execute(select(budget_reservations).where(budget_reservations.c.query_id == query_id))
-        .mappings()
-        .one_or_none()
-    )
+    row = conn.execute(_BY_QUERY_ID, {"qid": query_id}).mappings().one_or_none()
     return None if row is None else reservation_of(row)
 
 

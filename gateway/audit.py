@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.audit_adopt import adopt_unsealed
@@ -115,6 +115,23 @@ class PurgeResult:
     audit_id: str
 
 
+# Built once: constructing a statement per append cost more than executing it.
+_HASH_OF = select(audit_log.c.hash).where(audit_log.c.seq == bindparam("at"))
+_INSERT_RECORD = insert(audit_log)
+_UPDATE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == HEAD_ID)
+    .values(
+        last_seq=bindparam("new_seq"),
+        last_hash=bindparam("new_hash"),
+        mac=bindparam("new_mac"),
+        key_id=bindparam("new_key_id"),
+        anchor_seq=bindparam("new_anchor_seq"),
+        anchor_hash=bindparam("new_anchor_hash"),
+    )
+)
+
+
 class AuditLog(AuditReader):
     """The audit log in the control database (see the module docstring for the guarantees)."""
 
@@ -176,16 +193,31 @@ class AuditLog(AuditReader):
             TypeError: the record holds a float or another value without one canonical JSON form.
             AuditIntegrityError: the head is missing or forged, or does not match the last record.
         """
+        with self._engine.begin() as conn:
+            entry, checkpoint = self.append_in(conn, record)
+        self.written(checkpoint)
+        return entry
+
+    def append_in(
+        self, conn: Connection, record: Mapping[str, Any]
+    ) -> tuple[AuditEntry, Checkpoint | None]:
+        """:meth:`append` as a step of the caller's transaction on this log's database.
+
+        The record is durable when the caller commits. Pass the checkpoint returned (if any) to
+        :meth:`written` after that commit, not before: the checkpoint file must only ever name
+        records that exist.
+        """
         value = plain(record, "record")
         if not isinstance(value, dict):
             raise TypeError("an audit record must be a mapping")
-        with self._engine.begin() as conn:
-            # FOR UPDATE serializes writers on PostgreSQL; on SQLite BEGIN IMMEDIATE already has.
-            head = self._locked_head(conn, "append")
-            entry, checkpoint = self._append_locked(conn, head, value)
+        # FOR UPDATE serializes writers on PostgreSQL; on SQLite BEGIN IMMEDIATE already has.
+        head = self._locked_head(conn, "append")
+        return self._append_locked(conn, head, value)
+
+    def written(self, checkpoint: Checkpoint | None) -> None:
+        """After the commit of :meth:`append_in`: copy a new checkpoint to the checkpoint file."""
         if checkpoint is not None:
             self._write_checkpoint_file(checkpoint)
-        return entry
 
     def checkpoint(self) -> Checkpoint:
         """Seal a checkpoint of the current last record now (or return the one it already has)."""
@@ -345,9 +377,7 @@ class AuditLog(AuditReader):
             # A separate statement, after the lock: on PostgreSQL (read committed) it sees the
             # record the previous lock holder committed, which a join in the locking statement
             # would not.
-            stored = conn.execute(
-                select(audit_log.c.hash).where(audit_log.c.seq == head.last_seq)
-            ).scalar_one_or_none()
+            stored = conn.execute(_HASH_OF, {"at": head.last_seq}).scalar_one_or_none()
             if stored != head.last_hash:
                 raise AuditIntegrityError(
                     f"record seq {head.last_seq} does not match the audit head; refusing to {doing}"
@@ -362,17 +392,18 @@ class AuditLog(AuditReader):
         key_id, mac = self._keys.seal(record_message(seq, digest))
         try:
             conn.execute(
-                insert(audit_log).values(
-                    seq=seq,
-                    id=audit_id,
-                    ts=ts,
-                    record=canonical_json(record),
-                    prev_hash=head.last_hash,
-                    hash=digest,
-                    key_id=key_id,
-                    mac=mac,
+                _INSERT_RECORD,
+                {
+                    "seq": seq,
+                    "id": audit_id,
+                    "ts": ts,
+                    "record": canonical_json(record),
+                    "prev_hash": head.last_hash,
+                    "hash": digest,
+                    "key_id": key_id,
+                    "mac": mac,
                     **indexed_copies(record),
-                )
+                },
             )
         except IntegrityError as exc:
             raise AuditIntegrityError(
@@ -381,16 +412,15 @@ class AuditLog(AuditReader):
         new = replace(head, last_seq=seq, last_hash=digest)
         head_key, head_mac = self._keys.seal(new.message())
         conn.execute(
-            update(audit_head)
-            .where(audit_head.c.id == HEAD_ID)
-            .values(
-                last_seq=seq,
-                last_hash=digest,
-                mac=head_mac,
-                key_id=head_key,
-                anchor_seq=new.anchor_seq,
-                anchor_hash=new.anchor_hash,
-            )
+            _UPDATE_HEAD,
+            {
+                "new_seq": seq,
+                "new_hash": digest,
+                "new_mac": head_mac,
+                "new_key_id": head_key,
+                "new_anchor_seq": new.anchor_seq,
+                "new_anchor_hash": new.anchor_hash,
+            },
         )
         made = self._store_checkpoint(conn, seq, digest, ts) if seq % self._every == 0 else None
         return AuditEntry(seq=seq, id=audit_id, ts=ts, hash=digest), made

@@ -137,11 +137,12 @@ class AuditReader:
             bound = audit_log.c.seq > int(rows[-1].seq)
 
 
+_HEAD = select(audit_head).where(audit_head.c.id == HEAD_ID)
+_HEAD_LOCKED = _HEAD.with_for_update()  # Rendered on PostgreSQL, ignored by SQLite.
+
+
 def read_head_row(conn: Connection, *, lock: bool) -> Head | None:
-    query = select(audit_head).where(audit_head.c.id == HEAD_ID)
-    if lock:
-        query = query.with_for_update()  # Rendered on PostgreSQL, ignored by SQLite.
-    row = conn.execute(query).one_or_none()
+    row = conn.execute(_HEAD_LOCKED if lock else _HEAD).one_or_none()
     if row is None:
         return None
     return Head(

@@ -314,8 +314,8 @@ def build_services(settings: Settings) -> Services:
     ledger, audit, principals = build_control(settings)
     for name, p in policy.policy.principals.items():
         principals.upsert_principal(name, role=p.role, datasets=p.datasets)
-    control = make_control_engine(settings.resolved_control_db_url)
-    results = ResultStore(control)
+    # The same engine (one pool): run() commits charge, audit record and answer together.
+    results = ResultStore(ledger.engine)
     metrics = Metrics(
         accounts=ledger.list_accounts,
         quarantined=lambda: len(principals.list_quarantined()),
@@ -349,7 +349,7 @@ def build_services(settings: Settings) -> Services:
         queries,
         metrics=metrics,
         anomaly=anomaly,
-        control=control,
+        control=ledger.engine,
     )
     if services.snapshots_enabled:
         # Built before serving, so that every answer of this process comes from one snapshot

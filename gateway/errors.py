@@ -50,7 +50,8 @@ class InvalidRequest(GatewayError):
 
 
 class WarehouseUnavailable(GatewayError):
-    """The warehouse could not be reached before any data was read: the budget is refunded."""
+    """The warehouse could not be reached: nothing was read and nothing was charged (the budget
+    is reserved only once the warehouse is reachable)."""
 
     code = "warehouse.unavailable"
     default_hint = "Try again later; no budget was spent."

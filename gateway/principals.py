@@ -35,6 +35,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     false,
     insert,
@@ -209,6 +210,9 @@ class KeyInfo:
                 )
             },
         }
+
+
+_QUARANTINED = select(principals.c.quarantined).where(principals.c.name == bindparam("n"))
 
 
 class PrincipalStore:
@@ -389,9 +393,7 @@ class PrincipalStore:
     def is_quarantined(self, name: str) -> bool:
         """Whether ``name`` is quarantined (False for unknown names). One indexed read."""
         with self._engine.connect() as conn:
-            flag = conn.execute(
-                select(principals.c.quarantined).where(principals.c.name == name)
-            ).scalar_one_or_none()
+            flag = conn.execute(_QUARANTINED, {"n": name}).scalar_one_or_none()
         return bool(flag)
 
     def list_quarantined(self) -> list[PrincipalInfo]:

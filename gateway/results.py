@@ -27,16 +27,21 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     MetaData,
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     insert,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.expression import Executable
+
+from budgets.ledger_steps import in_transaction
 
 metadata = MetaData()
 
@@ -93,6 +98,33 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+_CLAIM = insert(results)
+_REPLAY = select(results.c.envelope).where(
+    results.c.principal == bindparam("p"),
+    results.c.replay_key == bindparam("k"),
+    results.c.state == "done",
+)
+_FINISH = (
+    update(results)
+    .where(results.c.query_id == bindparam("qid"))
+    .values(
+        state=bindparam("new_state"),
+        envelope=bindparam("new_envelope"),
+        finished_at=bindparam("new_finished_at"),
+        replay_key=bindparam("new_replay_key"),
+    )
+)
+_FINISH_NO_KEY = (
+    update(results)
+    .where(results.c.query_id == bindparam("qid"))
+    .values(
+        state=bindparam("new_state"),
+        envelope=bindparam("new_envelope"),
+        finished_at=bindparam("new_finished_at"),
+    )
+)
+
+
 class ResultStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -103,13 +135,7 @@ class ResultStore:
     def replay(self, *, principal: str, key: str) -> dict[str, Any] | None:
         """The stored envelope for this principal and replay key, if any."""
         with self._engine.connect() as conn:
-            row = conn.execute(
-                select(results.c.envelope).where(
-                    results.c.principal == principal,
-                    results.c.replay_key == key,
-                    results.c.state == "done",
-                )
-            ).first()
+            row = conn.execute(_REPLAY, {"p": principal, "k": key}).first()
         return None if row is None or row.envelope is None else dict(json.loads(row.envelope))
 
     def claim(self, *, query_id: str, principal: str, req_hash: str) -> Claim:
@@ -117,13 +143,14 @@ class ResultStore:
         try:
             with self._engine.begin() as conn:
                 conn.execute(
-                    insert(results).values(
-                        query_id=query_id,
-                        principal=principal,
-                        state="running",
-                        request_hash=req_hash,
-                        created_at=_now(),
-                    )
+                    _CLAIM,
+                    {
+                        "query_id": query_id,
+                        "principal": principal,
+                        "state": "running",
+                        "request_hash": req_hash,
+                        "created_at": _now(),
+                    },
                 )
             return Claim(fresh=True, state="running", envelope=None, same_request=True)
         except IntegrityError:
@@ -141,26 +168,61 @@ class ResultStore:
             same_request=row.request_hash == req_hash,
         )
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
     def finish(
-        self, *, query_id: str, principal: str, key: str | None, envelope: dict[str, Any]
+        self,
+        *,
+        query_id: str,
+        principal: str,
+        key: str | None,
+        envelope: dict[str, Any],
+        unclaimed: str | None = None,
+        conn: Connection | None = None,
     ) -> None:
-        """Store a released answer under its query id (and replay key, unless one exists)."""
+        """Store a released answer under its query id (and replay key, unless one exists).
+
+        ``unclaimed`` is the request hash of a query id that was never claimed (one the
+        gateway made, new by construction): its row is inserted now, complete. With ``conn`` it
+        is a step of the caller's transaction (durable when that commits).
+        """
         text = json.dumps(envelope, separators=(",", ":"), allow_nan=False)
-        with self._engine.begin() as conn:
-            conn.execute(
-                update(results)
-                .where(results.c.query_id == query_id)
-                .values(state="done", envelope=text, finished_at=_now())
-            )
-        if key is None:
-            return
-        try:  # the first stored answer for a key is the one replayed; a concurrent twin keeps none
-            with self._engine.begin() as conn:
-                conn.execute(
-                    update(results).where(results.c.query_id == query_id).values(replay_key=key)
-                )
-        except IntegrityError:
-            pass
+        now = _now()
+        if unclaimed is not None:
+            row = {
+                "query_id": query_id,
+                "principal": principal,
+                "state": "done",
+                "request_hash": unclaimed,
+                "created_at": now,
+                "finished_at": now,
+                "envelope": text,
+            }
+            stmt: Executable = _CLAIM
+            params, fallback = {**row, "replay_key": key}, row
+        else:
+            done = {
+                "new_state": "done",
+                "new_envelope": text,
+                "new_finished_at": now,
+                "qid": query_id,
+            }
+            stmt = _FINISH
+            params, fallback = {**done, "new_replay_key": key}, done
+        with in_transaction(self._engine, conn) as tx:
+            if key is not None:
+                try:
+                    # The first stored answer for a key is the one replayed; a concurrent twin
+                    # keeps none. The savepoint keeps the caller's transaction usable when the
+                    # unique index refuses the key.
+                    with tx.begin_nested():
+                        tx.execute(stmt, params)
+                    return
+                except IntegrityError:
+                    pass
+            tx.execute(_CLAIM if unclaimed is not None else _FINISH_NO_KEY, fallback)
 
     def fail(self, *, query_id: str) -> None:
         with self._engine.begin() as conn:

@@ -1,9 +1,10 @@
 """The transport-agnostic core: ``QueryService.run`` is called by REST (and later the wire) alike.
 
-One request: plan (rewriter) → claim the query id / replay a stored answer → reserve (ledger) →
-execute (warehouse) → release (noise) → commit → audit → store the answer → envelope. Every
-request, accepted or rejected, leaves exactly one audit record. The budget is refunded only when
-the warehouse could not be reached before any data was read; any failure after that keeps the
+One request: plan (rewriter, cached per statement) → claim the query id / replay a stored answer →
+reserve (ledger; once the warehouse is reachable) → execute (warehouse) → release (noise) → one
+transaction for commit + audit + the stored answer → envelope. Every request, accepted or
+rejected, leaves exactly one audit record. An unreachable warehouse charges nothing (the
+reservation is made only once it is reachable); any failure after the reservation keeps the
 budget spent.
 """
 
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
+
+from sqlalchemy import Connection
 
 from budgets.cost import PrivacyCost, fraction_str, to_fraction
 from budgets.errors import BudgetError
@@ -46,7 +49,8 @@ from rewriter.catalog import Catalog
 from rewriter.errors import RewriteError
 from rewriter.parse import parse_select
 from rewriter.plan import QueryPlan
-from rewriter.planner import PlanRequest, plan_query, redact_literals
+from rewriter.plan_cache import PlanCache
+from rewriter.planner import PlanRequest, redact_literals
 from rewriter.policy import DatasetPolicy
 from rewriter.rules.bound_and_emit import SALT_PARAMETER
 from rewriter.rules.masked_rows import MASK_KEY_PARAMETER
@@ -141,6 +145,11 @@ class QueryService:
         self._quarantined = quarantined
         #: Set in full-text audit mode: records also keep the SQL verbatim, sealed (AES-GCM).
         self._sql_cipher = sql_cipher
+        if not (ledger.engine is audit.engine is results.engine):
+            # run() commits the charge, the audit record and the stored answer together.
+            raise ValueError("the ledger, audit log and result store must share one database")
+        #: Plans by statement (re-priced per epsilon); emptied when the catalog changes.
+        self._plans = PlanCache()
 
     @property
     def catalog(self) -> Catalog:
@@ -156,7 +165,7 @@ class QueryService:
 
     def plan(self, request: QueryRequest, principal: Principal) -> QueryPlan:
         """Plan without executing or charging (used by run, and later by explain/Describe)."""
-        return plan_query(
+        return self._plans.plan(
             PlanRequest(
                 sql=request.sql,
                 granted=principal.datasets,
@@ -185,7 +194,7 @@ class QueryService:
 
         def plan_at(epsilon: Fraction) -> QueryPlan:
             nonlocal query_max
-            plan = plan_query(
+            plan = self._plans.plan(
                 PlanRequest(
                     sql=request.sql,
                     granted=principal.datasets,
@@ -256,14 +265,20 @@ class QueryService:
         try:
             plan = self.resolve(request, ctx.principal)
             base.update(_plan_fields(plan))
-            claim = self._results.claim(
-                query_id=query_id,
-                principal=ctx.principal.name,
-                req_hash=request_hash(
-                    request.sql, fraction_str(plan.cost.epsilon), secret=self._digest_key
-                ),
+            req_hash = request_hash(
+                request.sql, fraction_str(plan.cost.epsilon), secret=self._digest_key
             )
-            if not claim.fresh:
+            # A client's query id is claimed first (a retry finds it and gets the stored answer).
+            # An id made here is new by construction: its row is written once, with the answer.
+            unclaimed = None if request.query_id is not None else req_hash
+            claim = (
+                self._results.claim(
+                    query_id=query_id, principal=ctx.principal.name, req_hash=req_hash
+                )
+                if unclaimed is None
+                else None
+            )
+            if claim is not None and not claim.fresh:
                 if claim.state == "done" and claim.same_request and claim.envelope is not None:
                     return self._replayed(claim.envelope, base, ctx, started, query_id)
                 raise DuplicateQueryId(
@@ -271,16 +286,49 @@ class QueryService:
                     + ("" if claim.state != "done" else " by a different query"),
                     hint="Retry with the same SQL to get the stored answer, or use a new query_id.",
                 )
-            claimed = True
+            claimed = claim is not None
             key = self._replay_key(plan, ctx) if plan.protected else None
             if key is not None:
                 stored = self._results.replay(principal=ctx.principal.name, key=key)
                 if stored is not None:
                     self._results.finish(
-                        query_id=query_id, principal=ctx.principal.name, key=None, envelope=stored
+                        query_id=query_id,
+                        principal=ctx.principal.name,
+                        key=None,
+                        envelope=stored,
+                        unclaimed=unclaimed,
                     )
                     return self._replayed(stored, base, ctx, started, query_id)
-            released = self._execute(plan, ctx, query_id)
+            released, reservation_id = self._execute(plan, ctx, query_id)
+            latency_ms = round((self._clock() - started) * 1000, 3)
+            record = {
+                **base,
+                "decision": "accepted",
+                "code": "ok",
+                "epsilon": fraction_str(plan.cost.epsilon),
+                "delta": fraction_str(plan.cost.delta),
+                "rows_released": len(released.rows),
+                "groups_released": released.groups.released,
+                "latency_ms": str(latency_ms),
+            }
+            # One durable commit for the charge made final, the audit record and the stored
+            # answer: all of them or none (then the reservation stays executing, which
+            # reconcile commits, and the answer is not released).
+            with self._ledger.begin() as conn:
+                if reservation_id is not None:
+                    self._ledger.commit(reservation_id, conn=conn)
+                entry, checkpoint = self._audit.append_in(conn, record)
+                envelope = self._envelope(
+                    plan, released, ctx, query_id, entry.id, latency_ms, conn=conn
+                )
+                self._results.finish(
+                    query_id=query_id,
+                    principal=ctx.principal.name,
+                    key=key,
+                    envelope=envelope,
+                    unclaimed=unclaimed,
+                    conn=conn,
+                )
         except (RewriteError, BudgetError, GatewayError) as exc:
             if claimed:
                 self._results.fail(query_id=query_id)
@@ -292,25 +340,8 @@ class QueryService:
                 self._results.fail(query_id=query_id)
             internal = InternalError("internal error")
             raise QueryFailed(internal, self._audit_rejection(base, exc, started)) from exc
-        latency_ms = round((self._clock() - started) * 1000, 3)
-        record = {
-            **base,
-            "decision": "accepted",
-            "code": "ok",
-            "epsilon": fraction_str(plan.cost.epsilon),
-            "delta": fraction_str(plan.cost.delta),
-            "rows_released": len(released.rows),
-            "groups_released": released.groups.released,
-            "latency_ms": str(latency_ms),
-        }
-        entry = self._record(record)
-        envelope = self._envelope(plan, released, ctx, query_id, entry.id, latency_ms)
-        self._results.finish(
-            query_id=query_id,
-            principal=ctx.principal.name,
-            key=self._replay_key(plan, ctx) if plan.protected else None,
-            envelope=envelope,
-        )
+        self._audit.written(checkpoint)
+        self._notify(record)
         return envelope
 
     def _gate(
@@ -323,10 +354,18 @@ class QueryService:
         _add_shape(base, request.sql)
         raise QueryFailed(exc, self._audit_rejection(base, exc, started))
 
-    def _execute(self, plan: QueryPlan, ctx: CallContext, query_id: str) -> Released:
-        """Reserve → execute → release → commit. The budget is spent before data is touched."""
-        reservation_id = None
-        if plan.cost.epsilon > 0:
+    def _execute(
+        self, plan: QueryPlan, ctx: CallContext, query_id: str
+    ) -> tuple[Released, str | None]:
+        """Reserve → execute → release; the reservation's id is returned for the final commit.
+
+        The budget is reserved, already marked executing, once the warehouse is reachable and
+        before the statement is sent (``before_execute``): an unreachable warehouse charges
+        nothing, and from the reservation on the budget can only stay spent.
+        """
+        reserved: list[str] = []
+
+        def reserve() -> None:
             ds = self.catalog.datasets[plan.dataset]
             reservation = self._ledger.reserve(
                 query_id=query_id,
@@ -336,19 +375,17 @@ class QueryService:
                 principal_limit=_principal_limit(ds),
                 dataset_limit=_dataset_limit(ds),
                 principal_window_s=ds.budget.per_principal.window_seconds,
+                executing=True,
             )
-            reservation_id = reservation.id
-        rid = reservation_id
+            reserved.append(reservation.id)
+
         try:
             result = self._warehouse.execute(
                 plan.warehouse_sql,
                 [self._parameter(name) for name in plan.parameters],
-                # Durable "about to touch data" mark: from here the budget can only stay spent.
-                before_execute=None if rid is None else lambda: self._ledger.mark_executing(rid),
+                before_execute=reserve if plan.cost.epsilon > 0 else None,
             )
         except WarehouseUnavailable:
-            if reservation_id is not None:
-                self._ledger.refund(reservation_id)  # still 'reserved': nothing read data
             raise
         except WarehouseError as exc:
             if not plan.protected:
@@ -360,10 +397,7 @@ class QueryService:
                     "name error)"
                 ) from exc
             raise
-        released = release(plan, result)
-        if reservation_id is not None:
-            self._ledger.commit(reservation_id)
-        return released
+        return release(plan, result), (reserved[0] if reserved else None)
 
     def _replay_key(self, plan: QueryPlan, ctx: CallContext) -> str:
         return replay_key(
@@ -420,12 +454,15 @@ class QueryService:
         request: their failures are logged.
         """
         entry = self._audit.append(record)
+        self._notify(record)
+        return entry
+
+    def _notify(self, record: dict[str, Any]) -> None:
         for listener in self._listeners:
             try:
                 listener(record)
             except Exception:
                 log.exception("audit listener failed")
-        return entry
 
     def _parameter(self, name: str) -> str:
         """A warehouse SQL parameter's value: the bounding salt or the mask key (never in text)."""
@@ -450,13 +487,16 @@ class QueryService:
             base["sql_sealed"] = self._sql_cipher.seal(sql, query_id=query_id)
         return base
 
-    def _budget_view(self, principal: Principal, dataset: str) -> BudgetView:
+    def _budget_view(
+        self, principal: Principal, dataset: str, conn: Connection | None = None
+    ) -> BudgetView:
         ds = self.catalog.datasets[dataset]
         bal = self._ledger.balance(
             principal=principal.name,
             dataset=dataset,
             principal_limit=_principal_limit(ds),
             principal_window_s=ds.budget.per_principal.window_seconds,
+            conn=conn,
         )
         return BudgetView(dataset, bal.limit, bal.spent, bal.remaining)
 
@@ -468,10 +508,11 @@ class QueryService:
         query_id: str,
         audit_id: str,
         latency_ms: float,
+        conn: Connection | None = None,
     ) -> dict[str, Any]:
         budget: dict[str, Any] | None = None
         if plan.protected:
-            budget = self._budget_view(ctx.principal, plan.dataset).as_json()
+            budget = self._budget_view(ctx.principal, plan.dataset, conn).as_json()
         groups: dict[str, Any] = {"handling": released.groups.handling}
         if released.groups.threshold is not None:
             groups["threshold"] = released.groups.threshold

@@ -186,11 +186,7 @@ def _protected_plan(
 ) -> QueryPlan:
     shape = shape_aggregates(tree, resolution, dialect=request.dialect, unit=unit)
     ordering = order_limit(tree, shape.outputs, resolution)
-    epsilon = _epsilon(
-        request.epsilon,
-        dataset.defaults.epsilon,
-        dataset.budget.per_query_max if request.check_query_max else None,
-    )
+    epsilon = epsilon_for(request, dataset)
     k = rows_per_unit
     domains = [_domain(key) for key in shape.keys]
     needs_threshold = any(d is None for d in domains)
@@ -302,6 +298,15 @@ def _output_column(o: OutputDraft) -> OutputColumn:
         second=f"m{o.second}" if o.second is not None else None,
         population=o.population,
         formula=o.formula,
+    )
+
+
+def epsilon_for(request: PlanRequest, dataset: DatasetPolicy) -> Fraction:
+    """The epsilon ``request`` spends on ``dataset``: its own or the default, validated."""
+    return _epsilon(
+        request.epsilon,
+        dataset.defaults.epsilon,
+        dataset.budget.per_query_max if request.check_query_max else None,
     )
 
 
