@@ -55,7 +55,26 @@ def _sqlite_immediate_transactions(engine: Engine, busy_timeout_ms: int) -> None
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (through reader(engine)) take no write lock: under WAL they see a consistent
+        # snapshot and neither wait for writers nor make writers wait.
+        read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+#: Execution option marking a connection that only reads (see :func:`reader`).
+READ_ONLY_OPTION = "privgate_read_only"
+
+
+def reader(engine: Engine) -> Engine:
+    """``engine`` for read-only work: the same pool, but on SQLite a deferred ``BEGIN``.
+
+    Every transaction on the control engine otherwise begins ``IMMEDIATE`` (the write lock up
+    front), which would make each read, e.g. the quarantine check of every request, queue behind
+    every write. Only statements that read may run on a reader's connections: a write there would
+    have to upgrade its lock mid-transaction, which SQLite may refuse. On PostgreSQL the option
+    changes nothing.
+    """
+    return engine.execution_options(**{READ_ONLY_OPTION: True})
 
 
 def all_metadata() -> list[MetaData]:

@@ -21,7 +21,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from budgets.errors import CodedError
+from gateway.control_db import reader
 from gateway.wire.scram import Verifier, make_verifier, principal_salt
 from rewriter.policy import Role
 
@@ -215,6 +216,26 @@ class KeyInfo:
 _QUARANTINED = select(principals.c.quarantined).where(principals.c.name == bindparam("n"))
 
 
+#: ``last_used_at`` is refreshed at most this often per key (a read-only login otherwise).
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+_KEY_LOOKUP = (
+    select(
+        api_keys.c.id,
+        api_keys.c.key_hash,
+        api_keys.c.expires_at,
+        api_keys.c.revoked_at,
+        api_keys.c.last_used_at,
+        principals.c.name,
+        principals.c.role,
+        principals.c.datasets,
+        principals.c.disabled,
+    )
+    .join(principals, principals.c.name == api_keys.c.principal)
+    .where(api_keys.c.id == bindparam("kid"))
+)
+
+
 class PrincipalStore:
     """Principals and API keys in the control database."""
 
@@ -226,6 +247,7 @@ class PrincipalStore:
             if not isinstance(p, bytes) or len(p) < 16:
                 raise ValueError("an API key pepper must be at least 16 random bytes")
         self._engine = engine
+        self._reader = reader(engine)  # reads take no write lock
         self._pepper = pepper
 
     def create_schema(self) -> None:
@@ -298,13 +320,13 @@ class PrincipalStore:
 
     def info(self, name: str) -> PrincipalInfo | None:
         """The principal called ``name`` whether enabled or not, or ``None`` if unknown."""
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:
             row = self._get_row(conn, name)
         return None if row is None else _info(row)
 
     def list_principals(self) -> list[PrincipalInfo]:
         """Every principal, disabled ones included, by name."""
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:
             rows = conn.execute(select(principals).order_by(principals.c.name)).all()
         return [_info(r) for r in rows]
 
@@ -392,13 +414,13 @@ class PrincipalStore:
 
     def is_quarantined(self, name: str) -> bool:
         """Whether ``name`` is quarantined (False for unknown names). One indexed read."""
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:
             flag = conn.execute(_QUARANTINED, {"n": name}).scalar_one_or_none()
         return bool(flag)
 
     def list_quarantined(self) -> list[PrincipalInfo]:
         """The quarantined principals, by name."""
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:
             rows = conn.execute(
                 select(principals).where(principals.c.quarantined).order_by(principals.c.name)
             ).all()
@@ -452,38 +474,41 @@ class PrincipalStore:
         presented = self._hash(key).encode()
         presented_old = [self._hash(key, pepper).encode() for pepper in self._old_peppers]
         now = _now()
+        with self._reader.connect() as conn:
+            row = conn.execute(_KEY_LOOKUP, {"kid": match.group(1)}).one_or_none()
+        if row is None:
+            return None
+        stored = str(row.key_hash).encode()
+        current = hmac.compare_digest(presented, stored)
+        # Every old pepper is compared, so the work does not depend on which one matches.
+        old = [hmac.compare_digest(h, stored) for h in presented_old]
+        if not (current or any(old)):
+            return None
+        expired = row.expires_at is not None and _parse(row.expires_at) <= now
+        if row.revoked_at is not None or expired or row.disabled:
+            return None
+        stale = row.last_used_at is None or _parse(row.last_used_at) <= now - LAST_USED_RESOLUTION
+        if current and not stale:
+            # Read only: a durable write per request for a timestamp would serialise every
+            # request on the control database's write lock.
+            return _principal(row)
         with self._engine.begin() as conn:
-            row = conn.execute(
-                select(
-                    api_keys.c.id,
-                    api_keys.c.key_hash,
-                    api_keys.c.expires_at,
-                    api_keys.c.revoked_at,
-                    principals.c.name,
-                    principals.c.role,
-                    principals.c.datasets,
-                    principals.c.disabled,
-                )
-                .join(principals, principals.c.name == api_keys.c.principal)
-                .where(api_keys.c.id == match.group(1))
-            ).one_or_none()
-            if row is None:
-                return None
-            stored = str(row.key_hash).encode()
-            current = hmac.compare_digest(presented, stored)
-            # Every old pepper is compared, so the work does not depend on which one matches.
-            old = [hmac.compare_digest(h, stored) for h in presented_old]
-            if not (current or any(old)):
-                return None
-            expired = row.expires_at is not None and _parse(row.expires_at) <= now
-            if row.revoked_at is not None or expired or row.disabled:
-                return None
             values: dict[str, str] = {"last_used_at": _iso(now)}
             if not current:
                 values["key_hash"] = presented.decode()  # rotation: re-hash under the new pepper
                 self._refresh_unsalted_verifier(conn, str(row.name), str(row.id), key)
-            conn.execute(update(api_keys).where(api_keys.c.id == row.id).values(**values))
-            return _principal(row)
+            # Conditional on the hash read above: a key revoked or re-hashed meanwhile is not
+            # touched (and then this request is refused, as it would have been a moment later).
+            changed = conn.execute(
+                update(api_keys)
+                .where(
+                    api_keys.c.id == row.id,
+                    api_keys.c.key_hash == row.key_hash,
+                    api_keys.c.revoked_at.is_(None),
+                )
+                .values(**values)
+            ).rowcount
+        return _principal(row) if changed == 1 else None
 
     def _refresh_unsalted_verifier(
         self, conn: Connection, principal: str, key_id: str, key: str
@@ -521,7 +546,7 @@ class PrincipalStore:
 
     def wire_salt(self, principal: str) -> bytes:
         """The SCRAM salt shared by ``principal``'s wire verifiers (also for unknown names)."""
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:
             return self._salt(conn, principal)
 
     def fill_wire_salts(self) -> int:
@@ -565,7 +590,7 @@ class PrincipalStore:
         Empty for an unknown or disabled principal. Revoked and expired keys are left out.
         """
         now = _now()
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:
             row = self._get_row(conn, principal)
             if row is None or row.disabled:
                 return []
@@ -632,7 +657,7 @@ class PrincipalStore:
         Raises:
             UnknownPrincipal: no such principal.
         """
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:
             if self._get_row(conn, principal) is None:
                 raise UnknownPrincipal(f"unknown principal {principal!r}")
             rows = conn.execute(
@@ -651,7 +676,7 @@ class PrincipalStore:
 
     def get_key(self, key_id: str) -> KeyInfo | None:
         """One key by id (without its hash), or ``None`` if unknown."""
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:
             row = conn.execute(
                 select(
                     api_keys.c.id,
@@ -671,7 +696,7 @@ class PrincipalStore:
         return found
 
     def _get(self, name: str, *, include_disabled: bool) -> Principal | None:
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:
             row = self._get_row(conn, name)
         if row is None or (row.disabled and not include_disabled):
             return None

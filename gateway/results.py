@@ -42,6 +42,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.expression import Executable
 
 from budgets.ledger_steps import in_transaction
+from gateway.control_db import reader
 
 metadata = MetaData()
 
@@ -128,13 +129,14 @@ _FINISH_NO_KEY = (
 class ResultStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._reader = reader(engine)  # reads take no write lock
 
     def create_schema(self) -> None:
         metadata.create_all(self._engine)
 
     def replay(self, *, principal: str, key: str) -> dict[str, Any] | None:
         """The stored envelope for this principal and replay key, if any."""
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:
             row = conn.execute(_REPLAY, {"p": principal, "k": key}).first()
         return None if row is None or row.envelope is None else dict(json.loads(row.envelope))
 
@@ -155,7 +157,7 @@ class ResultStore:
             return Claim(fresh=True, state="running", envelope=None, same_request=True)
         except IntegrityError:
             pass
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:
             row = conn.execute(select(results).where(results.c.query_id == query_id)).first()
         if row is None or row.principal != principal:
             # Another principal's id: say only that it is taken.

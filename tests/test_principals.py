@@ -64,6 +64,28 @@ def test_authenticate_records_last_use(store: PrincipalStore) -> None:
     assert info.last_used_at is not None and info.last_used_at >= before - timedelta(seconds=1)
 
 
+def test_last_use_is_refreshed_at_most_once_a_minute_so_logins_are_read_only(
+    store: PrincipalStore,
+) -> None:
+    from gateway.principals import LAST_USED_RESOLUTION, api_keys
+
+    _, key = store.create_key("ann")
+    assert store.authenticate(key) is not None
+    [first] = store.list_keys("ann")
+    assert store.authenticate(key) is not None
+    [again] = store.list_keys("ann")
+    assert again.last_used_at == first.last_used_at  # within the minute: nothing written
+    assert first.last_used_at is not None
+    old = (first.last_used_at - LAST_USED_RESOLUTION - timedelta(seconds=1)).isoformat()
+    with store._engine.begin() as conn:
+        conn.execute(api_keys.update().values(last_used_at=old))
+    assert store.authenticate(key) is not None
+    [later] = store.list_keys("ann")
+    assert later.last_used_at is not None and later.last_used_at > first.last_used_at
+    store.revoke_key(later.id)
+    assert store.authenticate(key) is None
+
+
 def test_wrong_key(store: PrincipalStore) -> None:
     key_id, key = store.create_key("ann")
     other_id, other = store.create_key("root")
