@@ -114,13 +114,27 @@ class ThresholdSpec:
     dp_threshold: int
 
 
+_I64_COUNTS_BY_KEY = dp.map_domain(dp.atom_domain(T="i64"), dp.atom_domain(T="i64"))
+_L01INF_I64 = dp.l01inf_distance(dp.absolute_distance(T="i64"))
+
+
+@lru_cache(maxsize=1024)
 def _threshold_measure(scale: float, threshold: int) -> Any:
     return dp.m.make_laplace_threshold(
-        dp.map_domain(dp.atom_domain(T="i64"), dp.atom_domain(T="i64")),
-        dp.l01inf_distance(dp.absolute_distance(T="i64")),
-        scale=scale,
-        threshold=threshold,
+        _I64_COUNTS_BY_KEY, _L01INF_I64, scale=scale, threshold=threshold
     )
+
+
+@lru_cache(maxsize=16384)
+def _threshold_map(scale: float, threshold: int, max_groups: int) -> tuple[float, float]:
+    """OpenDP's (epsilon, delta) for the threshold mechanism (deterministic, so memoised)."""
+    eps_out, delta_out = _threshold_measure(scale, threshold).map((max_groups, max_groups, 1))
+    return float(eps_out), float(delta_out)
+
+
+#: (max_groups, delta) -> (scale, threshold) of the last calibration: where the next search for
+#: a nearby scale starts. Only a starting point: every threshold returned is checked by OpenDP.
+_THRESHOLD_HINTS: dict[tuple[int, Fraction], tuple[float, int]] = {}
 
 
 @lru_cache(maxsize=1024)
@@ -134,34 +148,59 @@ def calibrate_threshold(
     """
     if delta <= 0:
         raise NoiseError("releasing non-public group keys needs delta > 0")
-    d_in = (max_groups, max_groups, 1)
     scale = float(Fraction(max_groups) / epsilon)
 
     def fits(s: float, t: int) -> bool:
-        eps_out, delta_out = _threshold_measure(s, t).map(d_in)
+        eps_out, delta_out = _threshold_map(s, t, max_groups)
         return _exact_le(eps_out, epsilon) and _exact_le(delta_out, delta)
 
-    low, high = 1, 1
     for _ in range(64):  # the scale: nudge up until epsilon fits at a huge threshold
-        if _exact_le(_threshold_measure(scale, 2**40).map(d_in)[0], epsilon):
+        if _exact_le(_threshold_map(scale, 2**40, max_groups)[0], epsilon):
             break
         scale = math.nextafter(scale, math.inf)
     else:
         raise NoiseError("could not calibrate the threshold scale")
-    while not fits(scale, high):
-        low, high = high, high * 2
-        if high > 2**40:
-            raise NoiseError("no threshold meets delta")
-    while low < high:  # smallest threshold that fits
-        mid = (low + high) // 2
-        if fits(scale, mid):
-            high = mid
-        else:
-            low = mid + 1
+    high = _smallest_near_hint(scale, fits, _THRESHOLD_HINTS.get((max_groups, delta)))
+    if high is None:
+        low, high = 1, 1
+        while not fits(scale, high):
+            low, high = high, high * 2
+            if high > 2**40:
+                raise NoiseError("no threshold meets delta")
+        while low < high:  # smallest threshold that fits (fits is monotone in the threshold)
+            mid = (low + high) // 2
+            if fits(scale, mid):
+                high = mid
+            else:
+                low = mid + 1
+    _THRESHOLD_HINTS[(max_groups, delta)] = (scale, high)
     # OpenDP 0.16's mechanism releases a key when its noisy count is >= the threshold, but its
     # privacy map bounds P[noisy count > threshold] (opendp/opendp#2922): the delta it reports
     # is e^(1/scale) too small. Releasing at >= high + 1, i.e. > high, is what the map bounded.
     return ThresholdSpec(scale=scale, threshold=max(high + 1, min_group_size), dp_threshold=high)
+
+
+def _smallest_near_hint(
+    scale: float, fits: Any, hint: tuple[float, int] | None, steps: int = 8
+) -> int | None:
+    """The smallest fitting threshold, found by walking from the hint's threshold scaled to
+    ``scale`` (thresholds grow in proportion to the scale); None after ``steps`` steps, and
+    then the caller searches the whole range. The answer is the same as the full search's: a
+    threshold t is returned only if fits(t) and (t == 1 or not fits(t - 1))."""
+    if hint is None:
+        return None
+    t = max(1, round(hint[1] * scale / hint[0]))
+    if fits(scale, t):
+        for _ in range(steps):
+            if t == 1 or not fits(scale, t - 1):
+                return t
+            t -= 1
+        return None
+    for _ in range(steps):
+        t += 1
+        if fits(scale, t):
+            return t
+    return None
 
 
 def release_keys(threshold: Threshold, unit_counts: list[int]) -> list[int]:
@@ -170,7 +209,7 @@ def release_keys(threshold: Threshold, unit_counts: list[int]) -> list[int]:
         threshold.max_groups, threshold.epsilon, threshold.delta, threshold.min_group_size
     )
     mech = _threshold_measure(spec.scale, spec.threshold)
-    eps_out, delta_out = mech.map((threshold.max_groups, threshold.max_groups, 1))
+    eps_out, delta_out = _threshold_map(spec.scale, spec.threshold, threshold.max_groups)
     if not (_exact_le(eps_out, threshold.epsilon) and _exact_le(delta_out, threshold.delta)):
         raise NoiseError("threshold mechanism exceeds its budget share")
     counts = {i: int(c) for i, c in enumerate(unit_counts)}

@@ -36,3 +36,24 @@ def test_threshold_is_floored_by_min_group_size(gateway: Gateway) -> None:
     with gateway.client() as c:
         body = c.post("/v1/query", json={"sql": SQL, "epsilon": 10}).json()
     assert body["groups"]["threshold"] >= 10
+
+
+def test_threshold_calibration_from_a_hint_equals_the_full_search() -> None:
+    """The search for the smallest threshold may start from the last calibration's result; the
+    answer must be the one the full binary search gives, for scales up and down from it."""
+    from fractions import Fraction
+
+    from gateway import noise
+
+    cases = [(5, Fraction(1, 10**6)), (1, Fraction(1, 10**7)), (20, Fraction(1, 10**9))]
+    epsilons = [Fraction(n, 1000) for n in (100, 101, 150, 37, 900, 2, 500, 499)]
+    for max_groups, delta in cases:
+        hinted = []
+        noise._THRESHOLD_HINTS.clear()
+        noise.calibrate_threshold.cache_clear()
+        for eps in epsilons:
+            hinted.append(noise.calibrate_threshold(max_groups, eps, delta, 1))
+        for eps, got in zip(epsilons, hinted, strict=True):
+            noise._THRESHOLD_HINTS.clear()
+            noise.calibrate_threshold.cache_clear()
+            assert noise.calibrate_threshold(max_groups, eps, delta, 1) == got, (max_groups, eps)
