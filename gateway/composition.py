@@ -45,6 +45,7 @@ log = logging.getLogger("privgate.composition")
 
 
 if TYPE_CHECKING:
+    from gateway.snapshots_spark import SparkSnapshotInfo
     from gateway.warehouse_spark import SparkWarehouse
 
 AnyWarehouse = Union[DuckDBWarehouse, PostgresWarehouse, "SparkWarehouse"]
@@ -116,12 +117,15 @@ class Services:
 
     # -- bounded snapshots (gateway.snapshots) ------------------------------------------------
 
-    def refresh_snapshot(self, progress: Progress | None = None) -> SnapshotInfo | PgSnapshotInfo:
+    def refresh_snapshot(
+        self, progress: Progress | None = None
+    ) -> SnapshotInfo | PgSnapshotInfo | SparkSnapshotInfo:
         """Serve the bounded snapshot for the current source and policy, building it if needed.
 
         Raises:
-            duckdb.Error, OSError, WarehouseUnavailable: it could not be built or opened; the
-                previous snapshot (or per-query bounding) keeps serving.
+            duckdb.Error, OSError, WarehouseUnavailable, psycopg.Error, PySparkException: it could
+                not be built or opened; the previous snapshot (or per-query bounding) keeps
+                serving.
         """
         warehouse = self.warehouse
         catalog = self.queries.catalog
@@ -150,6 +154,8 @@ class Services:
                 warehouse.use_snapshot(pg_info)
             remove_other_pg_snapshots(url, pg_info.name)
             return pg_info
+        if warehouse.dialect == "spark":
+            return self._refresh_spark_snapshot(salt, source_version, spec, progress)
         if not isinstance(warehouse, DuckDBWarehouse):
             raise SnapshotsUnsupported(
                 f"bounded snapshots are not built on {warehouse.dialect} warehouses; this one "
@@ -171,6 +177,37 @@ class Services:
         if current is None or current.name != info.name:
             warehouse.use_snapshot(info)
         remove_others(directory, info)
+        return info
+
+    def _refresh_spark_snapshot(
+        self, salt: bytes, source_version: str, spec: str, progress: Progress | None
+    ) -> SparkSnapshotInfo:
+        """The Spark branch of :meth:`refresh_snapshot`: a database of the warehouse's catalog
+        (built through the warehouse's own session, which needs CREATE DATABASE there)."""
+        from gateway.snapshots_spark import (
+            build_spark_snapshot,
+            find_spark_snapshot,
+            remove_other_spark_snapshots,
+        )
+        from gateway.warehouse_spark import SparkWarehouse
+
+        warehouse = self.warehouse
+        if not isinstance(warehouse, SparkWarehouse):  # pragma: no cover - checked by the caller
+            raise SnapshotsUnsupported("not a Spark warehouse")
+        spark = warehouse.session
+        info = find_spark_snapshot(spark, source_version, spec)
+        if info is None:
+            info = build_spark_snapshot(
+                warehouse=warehouse,
+                catalog=self.queries.catalog,
+                salt=salt,
+                source_version=source_version,
+                progress=progress,
+            )
+        current = warehouse.snapshot
+        if current is None or current.name != info.name:
+            warehouse.use_snapshot(info)
+        remove_other_spark_snapshots(spark, info.name, source=warehouse.database)
         return info
 
     def rebuild_snapshot_in_background(self) -> bool:
@@ -204,17 +241,17 @@ class Services:
             return salt, self.warehouse.source_version(), spec
         if isinstance(self.warehouse, DuckDBWarehouse):
             return salt, file_version(self.warehouse.path), spec
-        return salt, self.warehouse.data_version(), spec
+        return salt, self.warehouse.source_version(), spec  # Spark
 
     @property
     def snapshots_enabled(self) -> bool:
-        """Bounded snapshots are on and the warehouse can hold them (DuckDB, or PostgreSQL with a
-        snapshot builder role)."""
+        """Bounded snapshots are on and the warehouse can hold them (DuckDB, PostgreSQL with a
+        snapshot builder role, or Spark)."""
         if not self.settings.bounded_snapshots:
             return False
         if isinstance(self.warehouse, PostgresWarehouse):
             return self.settings.warehouse_snapshot_url is not None
-        return isinstance(self.warehouse, DuckDBWarehouse)
+        return isinstance(self.warehouse, DuckDBWarehouse) or self.warehouse.dialect == "spark"
 
     def start_snapshot_watch(self) -> None:
         """Check every ``snapshot_check_interval_s`` whether the snapshot is stale; rebuild then."""
@@ -288,7 +325,7 @@ def build_warehouse(settings: Settings) -> AnyWarehouse:
             raise WarehouseUnavailable(
                 "a Spark warehouse needs pyspark: pip install 'privgate[spark]'"
             ) from exc
-        return SparkWarehouse(  # bounds per query (no snapshots)
+        return SparkWarehouse(
             settings.warehouse_spark_master,
             database=settings.warehouse_spark_database,
             timeout_s=settings.statement_timeout_s,

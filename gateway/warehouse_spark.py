@@ -12,6 +12,12 @@ The bounding salt never appears in the SQL text: the rewriter refers to it with 
 ``?`` markers (``rewriter.rules.bound_and_emit``) bound by ``spark.sql(query, args=[…])``. It
 does appear, as a literal, in the analysed plan that the Spark UI and event logs show: keep them
 off or closed to analysts.
+
+Bounded snapshots (``gateway.snapshots_spark``) live in databases of their own. While one serves,
+a statement without parameters (planned as pre-bounded) reads the snapshot's bounded tables and
+the source database's public tables: every table reference is qualified with its database
+(sqlglot), so the session's current database never changes per query. A statement with
+parameters (bounded per query) reads the source database.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from pyspark.sql.types import TimestampType
 from sqlglot import exp
 
 from gateway.errors import InternalError, QueryTimeout, WarehouseError, WarehouseUnavailable
+from gateway.snapshots_spark import SparkSnapshotInfo
 from gateway.warehouse import ResultSet
 
 _T = TypeVar("_T")
@@ -70,8 +77,6 @@ class SparkWarehouse:
     """
 
     dialect = "spark"
-    #: Bounded snapshots are built on DuckDB only; Spark bounds inside every query.
-    snapshot = None
 
     def __init__(
         self,
@@ -109,6 +114,8 @@ class SparkWarehouse:
         self._classic = _has_context(self._spark)
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
+        #: (snapshot serving or None, the tables it bounds and their K): swapped as one reference.
+        self._serving: tuple[SparkSnapshotInfo | None, Mapping[str, int]] = (None, {})
 
     @property
     def database(self) -> str:
@@ -118,8 +125,20 @@ class SparkWarehouse:
     def session(self) -> SparkSession:
         return self._spark
 
+    @property
+    def snapshot(self) -> SparkSnapshotInfo | None:
+        return self._serving[0]
+
+    def use_snapshot(self, info: SparkSnapshotInfo) -> None:
+        """Serve statements without parameters from the snapshot database ``info`` from now on."""
+        self._serving = (info, info.bounded())
+
     def prebounded(self) -> Mapping[str, int]:
-        return {}
+        return self._serving[1]
+
+    def source_version(self) -> str:
+        """The data version of the source database (its tables, columns and files)."""
+        return self._source_version()
 
     # -- catalog -------------------------------------------------------------------------------
 
@@ -137,6 +156,11 @@ class SparkWarehouse:
         return out
 
     def data_version(self) -> str:
+        """The serving snapshot's data version, else the source's."""
+        info = self._serving[0]
+        return info.data_version if info is not None else self._source_version()
+
+    def _source_version(self) -> str:
         """A digest of the database's tables, their columns and their input files.
 
         Detected: a table created, dropped or altered; a table rewritten or appended to by
@@ -202,6 +226,10 @@ class SparkWarehouse:
         """Run one query; ``parameters`` bind its ``?`` markers (the salt). See
         :meth:`gateway.warehouse.DuckDBWarehouse.execute` for ``before_execute``."""
         _require_query(sql)
+        info, bounded = self._serving
+        if info is not None and not parameters:
+            # Planned as pre-bounded: the snapshot's bounded tables, the source's public ones.
+            sql = _qualify(sql, info.database, bounded, self._database)
         if before_execute is not None:
             before_execute()
         timed_out = threading.Event()
@@ -335,6 +363,31 @@ def _require_query(sql: str) -> None:
         raise InternalError("privgate sends only single queries to Spark") from exc
     if len(statements) != 1 or not isinstance(statements[0], exp.Query):
         raise InternalError("privgate sends only single queries to Spark")
+
+
+def _qualify(sql: str, snapshot: str, bounded: Mapping[str, int], source: str) -> str:
+    """``sql`` with every table reference that names no database qualified: the ``snapshot``
+    database for the tables in ``bounded``, the ``source`` database for the others. CTE names
+    are left alone; a reference that already names a database, or that is not a plain table name
+    (a table function), is refused (fail closed: the rewriter emits neither)."""
+    try:
+        tree = sqlglot.parse_one(sql, read="spark")
+    except sqlglot.errors.SqlglotError as exc:
+        raise InternalError("privgate sends only single queries to Spark") from exc
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    for table in tree.find_all(exp.Table):
+        if (
+            not isinstance(table.this, exp.Identifier)
+            or table.args.get("db") is not None
+            or table.args.get("catalog") is not None
+        ):
+            raise InternalError("privgate reads only its own table names from a Spark snapshot")
+        name = table.name.lower()
+        if name in ctes:
+            continue
+        database = snapshot if name in bounded else source
+        table.set("db", exp.to_identifier(database, quoted=True))
+    return tree.sql(dialect="spark")
 
 
 def _plain(value: Any) -> Any:

@@ -590,9 +590,10 @@ def test_the_gateway_answers_over_rest_on_spark(
         warehouse_spark_master="local[1]",  # the running session's master: getOrCreate reuses it
         warehouse_spark_database="clinic_raw",
         statement_timeout_s=120,
+        bounded_snapshots=False,  # tests/test_snapshots_spark.py serves from a snapshot
     ):
         assert gw.services.warehouse.dialect == "spark"
-        assert not gw.services.snapshots_enabled
+        assert not gw.services.snapshots_enabled and gw.services.warehouse.prebounded() == {}
         with gw.client() as c:
             r = c.post(
                 "/v1/query",
