@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import duckdb
 
 from gateway.errors import QueryTimeout, WarehouseError, WarehouseUnavailable
+from gateway.watchdog import WATCHDOG
 
 if TYPE_CHECKING:
     from gateway.snapshots import SnapshotInfo
@@ -185,9 +186,7 @@ class DuckDBWarehouse:
             timed_out.set()
             cursor.interrupt()
 
-        watchdog = threading.Timer(self._timeout_s, _interrupt)
-        watchdog.daemon = True
-        watchdog.start()
+        disarm = WATCHDOG.arm(self._timeout_s, _interrupt)
         try:
             cursor.execute(sql, list(parameters))
             columns = tuple(d[0] for d in cursor.description or ())
@@ -198,7 +197,7 @@ class DuckDBWarehouse:
             # The detail may describe data; it goes to the log via __cause__, never to the user.
             raise WarehouseError("the warehouse could not complete the query") from exc
         finally:
-            watchdog.cancel()
+            disarm()
             cursor.close()
         return ResultSet(columns=columns, rows=rows)
 

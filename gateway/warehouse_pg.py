@@ -34,6 +34,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from gateway.errors import QueryTimeout, WarehouseError, WarehouseUnavailable
 from gateway.snapshots_pg import PgSnapshotInfo
 from gateway.warehouse import ResultSet
+from gateway.watchdog import WATCHDOG
 
 #: Roles whose members can read or write server files or run programs: never for a warehouse role.
 _SERVER_FILE_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program")
@@ -233,9 +234,7 @@ class PostgresWarehouse:
                 timed_out.set()
                 raw.cancel_safe(timeout=2.0)
 
-            watchdog = threading.Timer(self._timeout_s + 0.5, _cancel)
-            watchdog.daemon = True
-            watchdog.start()
+            disarm = WATCHDOG.arm(self._timeout_s + 0.5, _cancel)
             info = self._serving[0]
             # A statement with parameters is bounded per query and reads the source; one
             # without reads the snapshot's bounded copies first (public tables from the source).
@@ -263,7 +262,7 @@ class PostgresWarehouse:
                 # The detail may describe data; it goes to the log via __cause__, never to the user.
                 raise WarehouseError("the warehouse could not complete the query") from exc
             finally:
-                watchdog.cancel()
+                disarm()
                 try:
                     raw.rollback()
                 except psycopg.Error:
