@@ -105,25 +105,19 @@ _REPLAY = select(results.c.envelope).where(
     results.c.replay_key == bindparam("k"),
     results.c.state == "done",
 )
-_FINISH = (
-    update(results)
-    .where(results.c.query_id == bindparam("qid"))
-    .values(
-        state=bindparam("new_state"),
-        envelope=bindparam("new_envelope"),
-        finished_at=bindparam("new_finished_at"),
-        replay_key=bindparam("new_replay_key"),
-    )
-)
-_FINISH_NO_KEY = (
-    update(results)
-    .where(results.c.query_id == bindparam("qid"))
-    .values(
-        state=bindparam("new_state"),
-        envelope=bindparam("new_envelope"),
-        finished_at=bindparam("new_finished_at"),
-    )
-)
+def _finish(*, with_key: bool) -> Any:
+    values = {
+        "state": bindparam("new_state"),
+        "envelope": bindparam("new_envelope"),
+        "finished_at": bindparam("new_finished_at"),
+    }
+    if with_key:
+        values["replay_key"] = bindparam("new_replay_key")
+    return update(results).where(results.c.query_id == bindparam("qid")).values(**values)
+
+
+_FINISH = _finish(with_key=True)
+_FINISH_NO_KEY = _finish(with_key=False)
 
 
 class ResultStore:
