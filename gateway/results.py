@@ -106,7 +106,7 @@ _REPLAY = select(results.c.envelope).where(
     results.c.state == "done",
 )
 def _finish(*, with_key: bool) -> Any:
-    values = {
+    values: dict[str, Any] = {
         "state": bindparam("new_state"),
         "envelope": bindparam("new_envelope"),
         "finished_at": bindparam("new_finished_at"),
