@@ -105,6 +105,8 @@ _REPLAY = select(results.c.envelope).where(
     results.c.replay_key == bindparam("k"),
     results.c.state == "done",
 )
+
+
 def _finish(*, with_key: bool) -> Any:
     values: dict[str, Any] = {
         "state": bindparam("new_state"),
