@@ -87,6 +87,7 @@ from budgets.ledger_schema import (
 )
 from budgets.ledger_steps import (
     INSERT_RESERVATION,
+    LAZY_SYNC_OPTION,
     account_row,
     charge,
     charge_windowed,
@@ -133,6 +134,7 @@ class SqlLedger(LedgerAdmin):
 
     def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None) -> None:
         self._engine = engine
+        self._lazy = engine.execution_options(**{LAZY_SYNC_OPTION: True})
         self._clock = clock or _utc_now
 
     def create_schema(self) -> None:
@@ -158,12 +160,15 @@ class SqlLedger(LedgerAdmin):
         principal_window_s: int | None = None,
         now: datetime | None = None,
         executing: bool = False,
+        durable: bool = True,
     ) -> Reservation:
         """Charge ``cost`` to every scope of (principal, dataset) at once, or to none.
 
         With ``executing`` the reservation is made already marked executing (one transaction
         instead of :meth:`reserve` then :meth:`mark_executing`): for a caller that reserves only
-        once the warehouse is reachable, so that there is never anything to refund.
+        once the warehouse is reachable, so that there is never anything to refund. With
+        ``durable=False`` the commit may stay unflushed until the caller's next flushed commit
+        (``LAZY_SYNC_OPTION``): only for a caller that releases nothing before such a commit.
 
         ``principal_limit`` and ``dataset_limit`` only seed accounts that do not exist yet; an
         existing account keeps its stored limit (change it with :meth:`set_limit`). The
@@ -188,8 +193,9 @@ class SqlLedger(LedgerAdmin):
         if dataset_limit is not None:
             check_units(dataset_limit, "dataset limit")
         moment = self._moment(now)
+        engine = self._engine if durable else self._lazy
         try:
-            with self._engine.begin() as conn:
+            with engine.begin() as conn:
                 existing = reservation_by_query_id(conn, query_id)
                 if existing is not None:
                     return same_or_raise(existing, principal, dataset, cost)

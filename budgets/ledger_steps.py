@@ -37,6 +37,15 @@ from budgets.ledger_schema import (
     reservation_of,
 )
 
+#: Execution option for a write transaction whose commit need not be flushed to disk at once:
+#: on SQLite in WAL mode (gateway.control_db) it runs with ``synchronous = NORMAL``. Only for the
+#: reservation that :class:`~budgets.ledger.SqlLedger.reserve` makes with ``durable=False``:
+#: WAL frames are appended in order, so the query's final (flushed) commit makes the reservation
+#: durable with it, and no answer is released before that commit. Power lost in between loses a
+#: reservation whose answer nobody received. An application crash loses nothing (the frames are
+#: in the operating system's cache). Ignored on PostgreSQL.
+LAZY_SYNC_OPTION = "privgate_lazy_sync"
+
 
 @contextmanager
 def in_transaction(engine: Engine, conn: Connection | None) -> Iterator[Connection]:

@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect
 from sqlalchemy.pool import QueuePool
 
+from budgets.ledger_steps import LAZY_SYNC_OPTION
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
@@ -91,6 +93,8 @@ def _fair_connection_class(writers: FifoLock) -> type[sqlite3.Connection]:
         """Releases this process's write turn once its transaction has ended, however it ends."""
 
         holds_write_turn = False
+        #: Whether the connection's commits are currently unflushed (PRAGMA synchronous=NORMAL).
+        lazy_sync = False
 
         def _release_turn(self) -> None:
             if self.holds_write_turn:
@@ -127,7 +131,9 @@ def _sqlite_immediate_transactions(engine: Engine, busy_timeout_ms: int, writers
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA synchronous = FULL")  # every commit flushed (see LAZY_SYNC_OPTION)
         cursor.close()
+        dbapi_connection.lazy_sync = False
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -146,6 +152,13 @@ def _sqlite_immediate_transactions(engine: Engine, busy_timeout_ms: int, writers
                 )
             dbapi.holds_write_turn = True
         try:
+            # A write whose commit may stay unflushed until the next flushed one (the ledger's
+            # reservation; see budgets.ledger_steps.LAZY_SYNC_OPTION): WAL appends in order, so
+            # the next FULL commit makes it durable too.
+            lazy = bool(conn.get_execution_options().get(LAZY_SYNC_OPTION, False))
+            if dbapi.lazy_sync != lazy:
+                conn.exec_driver_sql(f"PRAGMA synchronous = {'NORMAL' if lazy else 'FULL'}")
+                dbapi.lazy_sync = lazy
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             dbapi._release_turn()

@@ -376,6 +376,8 @@ class QueryService:
                 dataset_limit=_dataset_limit(ds),
                 principal_window_s=ds.budget.per_principal.window_seconds,
                 executing=True,
+                # Flushed by the final commit, before which nothing is released (run()).
+                durable=False,
             )
             reserved.append(reservation.id)
 

@@ -102,3 +102,18 @@ def test_a_failed_write_gives_its_turn_back_and_reads_do_not_wait(engine: Engine
     t.join(5)
     with engine.begin() as conn:  # the turn came back after the writer committed
         assert conn.execute(text("SELECT v FROM n")).scalar_one() == 7
+
+
+def test_only_a_lazy_write_runs_unflushed_and_the_next_write_flushes_again(
+    engine: Engine,
+) -> None:
+    from budgets.ledger_steps import LAZY_SYNC_OPTION
+
+    def sync_mode(eng: Engine) -> int:
+        with eng.begin() as conn:
+            return int(conn.execute(text("PRAGMA synchronous")).scalar_one())
+
+    lazy = engine.execution_options(**{LAZY_SYNC_OPTION: True})
+    assert sync_mode(engine) == 2  # FULL: every commit flushed
+    assert sync_mode(lazy) == 1  # NORMAL: flushed by the next FULL commit
+    assert sync_mode(engine) == 2  # the same pooled connection, flushed again
