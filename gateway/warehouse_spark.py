@@ -366,15 +366,21 @@ def _require_query(sql: str) -> None:
 
 
 def _qualify(sql: str, snapshot: str, bounded: Mapping[str, int], source: str) -> str:
-    """``sql`` with every table reference that names no database qualified: the ``snapshot``
-    database for the tables in ``bounded``, the ``source`` database for the others. CTE names
-    are left alone; a reference that already names a database, or that is not a plain table name
-    (a table function), is refused (fail closed: the rewriter emits neither)."""
-    try:
-        tree = sqlglot.parse_one(sql, read="spark")
-    except sqlglot.errors.SqlglotError as exc:
-        raise InternalError("privgate sends only single queries to Spark") from exc
+    """``sql`` with every table reference qualified: the ``snapshot`` database for the tables in
+    ``bounded``, the ``source`` database for the others; CTE names are left alone.
+
+    The qualifiers are inserted into the text at the positions sqlglot's parser reports, so the
+    rest of the statement goes to Spark exactly as the rewriter wrote it (sqlglot's regenerated
+    SQL is equivalent but not identical, e.g. ``NOT x IS NULL``); without positions, the
+    regenerated statement. A reference that already names a database, or that is not a plain
+    table name (a table function), is refused (fail closed: the rewriter emits neither), and so
+    is a result whose tables do not all read from the intended database.
+    """
+    tree = _parse_one(sql)
     ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    wanted: dict[str, str] = {}
+    edits: list[tuple[int, str]] = []
+    positioned = True
     for table in tree.find_all(exp.Table):
         if (
             not isinstance(table.this, exp.Identifier)
@@ -386,8 +392,39 @@ def _qualify(sql: str, snapshot: str, bounded: Mapping[str, int], source: str) -
         if name in ctes:
             continue
         database = snapshot if name in bounded else source
-        table.set("db", exp.to_identifier(database, quoted=True))
-    return tree.sql(dialect="spark")
+        wanted[name] = database
+        qualifier = exp.to_identifier(database, quoted=True)
+        meta = table.this.meta
+        start, stop = meta.get("start"), meta.get("end")
+        if (
+            isinstance(start, int)
+            and isinstance(stop, int)
+            and sql[start : stop + 1].strip("`").lower() == name
+        ):
+            edits.append((start, qualifier.sql(dialect="spark") + "."))
+        else:
+            positioned = False
+        table.set("db", qualifier)
+    if positioned:
+        out = sql
+        for at, text in sorted(edits, reverse=True):
+            out = out[:at] + text + out[at:]
+    else:
+        out = tree.sql(dialect="spark")
+    for table in _parse_one(out).find_all(exp.Table):
+        name = table.name.lower()
+        if name in ctes and not table.db:
+            continue
+        if table.db != wanted.get(name) or table.args.get("catalog") is not None:
+            raise InternalError("privgate could not direct a statement to the Spark snapshot")
+    return out
+
+
+def _parse_one(sql: str) -> exp.Expr:
+    try:
+        return sqlglot.parse_one(sql, read="spark")
+    except sqlglot.errors.SqlglotError as exc:
+        raise InternalError("privgate sends only single queries to Spark") from exc
 
 
 def _plain(value: Any) -> Any:

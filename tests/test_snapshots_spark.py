@@ -17,6 +17,7 @@ import pytest
 
 from tests.test_warehouse_spark import (  # the module-scoped fixtures: one session here too
     CORPUS,
+    KEY_QUERIES,
     Clinic,
     K,
     _plan,
@@ -37,10 +38,12 @@ from gateway.snapshots_spark import (
     find_spark_snapshot,
     remove_other_spark_snapshots,
 )
-from gateway.warehouse_spark import SparkWarehouse
+from gateway.warehouse_spark import SparkWarehouse, _qualify
+from rewriter.catalog import build_catalog
+from rewriter.policy import Policy
 from tests.corpus.exact import exact_rows
-from tests.corpus.test_corpus import Case, _same
-from tests.test_differential import SALT
+from tests.corpus.test_corpus import ACCEPTED, Case, _same
+from tests.test_differential import SALT, _policy_document
 
 KEY = SALT.encode()
 
@@ -216,6 +219,22 @@ def test_snapshot_gives_the_per_query_aggregates(
     got = exact_rows(snap, served.execute(snap.warehouse_sql, []))
     _same(snap, got, want)
     assert got
+
+
+def test_qualifying_changes_nothing_but_the_table_references(clinic: Clinic) -> None:  # noqa: F811
+    """The statement Spark runs on the snapshot is the rewriter's, byte for byte, plus the
+    database of each table: for the whole accepted corpus and the generalising keys."""
+    document = _policy_document()
+    document["datasets"]["clinic"]["tables"]["visits"]["columns"]["cost"] = {"class": "dimension"}
+    keyed = build_catalog(Policy.model_validate(document), clinic.raw.columns())
+    bounded = {"visits": K, "patients": K}
+    cases = [(clinic.catalog, c.sql) for c in ACCEPTED] + [(keyed, q) for q in KEY_QUERIES]
+    for catalog, sql in cases:
+        plan = _plan(catalog, sql, "spark", bounded)
+        assert plan.parameters == (), sql
+        out = _qualify(plan.warehouse_sql, "snap_db", bounded, "src_db")
+        assert "`snap_db`." in out or "`src_db`." in out
+        assert out.replace("`snap_db`.", "").replace("`src_db`.", "") == plan.warehouse_sql
 
 
 def test_statements_without_parameters_read_the_snapshot(
