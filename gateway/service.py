@@ -15,7 +15,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -163,7 +163,12 @@ class QueryService:
         """Atomically replace the catalog and policy version (admin reload)."""
         self._policy_state = (catalog, policy_version)
 
-    def plan(self, request: QueryRequest, principal: Principal) -> QueryPlan:
+    def plan(
+        self,
+        request: QueryRequest,
+        principal: Principal,
+        prebounded: Mapping[str, int] | None = None,
+    ) -> QueryPlan:
         """Plan without executing or charging (used by run, and later by explain/Describe)."""
         return self._plans.plan(
             PlanRequest(
@@ -171,7 +176,7 @@ class QueryService:
                 granted=principal.datasets,
                 epsilon=request.epsilon,
                 dialect=self._warehouse.dialect,
-                prebounded=self._warehouse.prebounded(),
+                prebounded=self._warehouse.prebounded() if prebounded is None else prebounded,
             ),
             self.catalog,
         )
@@ -183,10 +188,20 @@ class QueryService:
             if name in self.catalog.datasets
         ]
 
-    def resolve(self, request: QueryRequest, principal: Principal) -> QueryPlan:
-        """Plan ``request``, solving for ε first when it asks for an accuracy instead."""
+    def resolve(
+        self,
+        request: QueryRequest,
+        principal: Principal,
+        prebounded: Mapping[str, int] | None = None,
+    ) -> QueryPlan:
+        """Plan ``request``, solving for ε first when it asks for an accuracy instead.
+
+        ``prebounded``: the snapshot-served tables to plan for (default: the warehouse's now).
+        """
+        if prebounded is None:
+            prebounded = self._warehouse.prebounded()
         if request.accuracy is None:
-            return self.plan(request, principal)
+            return self.plan(request, principal, prebounded)
         if request.epsilon is not None:
             raise InvalidRequest("give either epsilon or accuracy, not both")
         target = request.accuracy
@@ -201,7 +216,7 @@ class QueryService:
                     epsilon=str(Decimal(epsilon.numerator) / Decimal(epsilon.denominator)),
                     dialect=self._warehouse.dialect,
                     check_query_max=False,
-                    prebounded=self._warehouse.prebounded(),
+                    prebounded=prebounded,
                 ),
                 self.catalog,
             )
@@ -263,7 +278,10 @@ class QueryService:
         plan: QueryPlan | None = None
         claimed = False
         try:
-            plan = self.resolve(request, ctx.principal)
+            # The tables a snapshot serves, and their K, as planned: checked again just before
+            # the statement runs (a snapshot with another K may have replaced it meanwhile).
+            prebounded = self._warehouse.prebounded()
+            plan = self.resolve(request, ctx.principal, prebounded)
             base.update(_plan_fields(plan))
             req_hash = request_hash(
                 request.sql, fraction_str(plan.cost.epsilon), secret=self._digest_key
@@ -299,7 +317,7 @@ class QueryService:
                         unclaimed=unclaimed,
                     )
                     return self._replayed(stored, base, ctx, started, query_id)
-            released, reservation_id = self._execute(plan, ctx, query_id)
+            released, reservation_id = self._execute(plan, ctx, query_id, prebounded)
             latency_ms = round((self._clock() - started) * 1000, 3)
             record = {
                 **base,
@@ -355,7 +373,7 @@ class QueryService:
         raise QueryFailed(exc, self._audit_rejection(base, exc, started))
 
     def _execute(
-        self, plan: QueryPlan, ctx: CallContext, query_id: str
+        self, plan: QueryPlan, ctx: CallContext, query_id: str, prebounded: Mapping[str, int]
     ) -> tuple[Released, str | None]:
         """Reserve → execute → release; the reservation's id is returned for the final commit.
 
@@ -366,6 +384,15 @@ class QueryService:
         reserved: list[str] = []
 
         def reserve() -> None:
+            # Called once the warehouse has chosen what the statement reads. A statement planned
+            # as pre-bounded (no salt parameter) relies on the snapshot's K being the one its
+            # sensitivity was computed for: if the serving snapshot changed since planning,
+            # refuse before anything is charged or read (fail closed; a retry plans anew).
+            replaced = dict(self._warehouse.prebounded()) != dict(prebounded)
+            if plan.protected and not plan.parameters and replaced:
+                raise WarehouseUnavailable(
+                    "the bounded snapshot was replaced while this query was planned"
+                )
             ds = self.catalog.datasets[plan.dataset]
             reservation = self._ledger.reserve(
                 query_id=query_id,

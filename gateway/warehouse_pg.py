@@ -226,6 +226,9 @@ class PostgresWarehouse:
             raise WarehouseUnavailable("the PostgreSQL warehouse is unreachable") from exc
         try:
             raw = _raw(conn)
+            # What the statement reads is fixed before before_execute, which checks it (the
+            # service refuses a pre-bounded plan if the snapshot changed since planning).
+            info = self._serving[0]
             if before_execute is not None:
                 before_execute()
             timed_out = threading.Event()
@@ -235,7 +238,6 @@ class PostgresWarehouse:
                 raw.cancel_safe(timeout=2.0)
 
             disarm = WATCHDOG.arm(self._timeout_s + 0.5, _cancel)
-            info = self._serving[0]
             # A statement with parameters is bounded per query and reads the source; one
             # without reads the snapshot's bounded copies first (public tables from the source).
             path = [self._schema] if parameters or info is None else [info.schema, self._schema]

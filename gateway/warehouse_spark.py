@@ -378,6 +378,11 @@ def _qualify(sql: str, snapshot: str, bounded: Mapping[str, int], source: str) -
     """
     tree = _parse_one(sql)
     ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    if ctes & {name.lower() for name in bounded}:
+        # A CTE named like a bounded table hides it: a reference to the table inside the CTE's
+        # own body would be left unqualified and read the unbounded source. (The rewriter names
+        # its CTEs __pg_*; refuse rather than guess which reference is which.)
+        raise InternalError("privgate could not direct a statement to the Spark snapshot")
     wanted: dict[str, str] = {}
     edits: list[tuple[int, str]] = []
     positioned = True

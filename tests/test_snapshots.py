@@ -320,3 +320,50 @@ def test_a_join_never_mixes_snapshot_and_source_tables() -> None:
     )
     assert one.parameters == ("salt", "salt")
     assert one.warehouse_sql.count("ROW_NUMBER() OVER") == 2  # both bounded per query
+
+
+def test_a_snapshot_replaced_by_one_of_another_k_after_planning_is_refused(
+    tmp_path: Path, demo_warehouse: Path
+) -> None:
+    """A pre-bounded plan's sensitivity assumes the K of the snapshot it was planned for: if the
+    serving snapshot changes K before the statement runs, nothing is charged or read."""
+    from gateway.composition import build_services
+    from gateway.service import CallContext, QueryFailed, QueryRequest
+    from gateway.settings import Settings
+
+    source = tmp_path / "wh.duckdb"
+    shutil.copy(demo_warehouse, source)
+    services = build_services(Settings(data_dir=tmp_path / "data", warehouse_path=source))
+    try:
+        warehouse = services.warehouse
+        con, info, bounded = warehouse._serving
+        assert info is not None and bounded
+        analyst = services.principals.get("analyst")
+        assert analyst is not None
+        ctx = CallContext(principal=analyst, door="cli", client="test")
+        resolve = services.queries.resolve
+
+        def plan_then_swap(*args: Any, **kwargs: Any) -> Any:
+            plan = resolve(*args, **kwargs)
+            # A rebuild for a policy with another K lands between planning and execution.
+            warehouse._serving = (con, info, {name: k + 1 for name, k in bounded.items()})
+            return plan
+
+        services.queries.resolve = plan_then_swap  # type: ignore[method-assign]
+        before = services.ledger.spent_total(principal="analyst", dataset="clinic")
+        with pytest.raises(QueryFailed) as failed:
+            services.queries.run(QueryRequest(sql="SELECT COUNT(*) AS n FROM visits"), ctx)
+        assert failed.value.error.code == "warehouse.unavailable"
+        assert services.ledger.spent_total(principal="analyst", dataset="clinic") == before
+
+        # The same K again (a rebuild for new data): served as usual.
+        def plan_then_same_k(*args: Any, **kwargs: Any) -> Any:
+            plan = resolve(*args, **kwargs)
+            warehouse._serving = (con, info, dict(bounded))
+            return plan
+
+        services.queries.resolve = plan_then_same_k  # type: ignore[method-assign]
+        answer = services.queries.run(QueryRequest(sql="SELECT COUNT(*) AS n FROM visits"), ctx)
+        assert answer["rows"]
+    finally:
+        services.close()

@@ -237,6 +237,13 @@ def test_qualifying_changes_nothing_but_the_table_references(clinic: Clinic) -> 
         assert out.replace("`snap_db`.", "").replace("`src_db`.", "") == plan.warehouse_sql
 
 
+def test_a_cte_named_like_a_bounded_table_is_refused() -> None:
+    # Its body's reference to the real table would stay unqualified and read the source.
+    sql = "WITH visits AS (SELECT * FROM visits) SELECT COUNT(*) FROM visits"
+    with pytest.raises(InternalError):
+        _qualify(sql, "snap_db", {"visits": K}, "src_db")
+
+
 def test_statements_without_parameters_read_the_snapshot(
     clinic: Clinic,  # noqa: F811
     served: SparkWarehouse,
