@@ -302,8 +302,8 @@ def snapshot_rebuild(admin: Admin, services: Svc) -> dict[str, Any]:
         )
     if not services.snapshots_enabled:
         raise AdminInvalid(
-            "bounded snapshots are built on DuckDB warehouses only; this warehouse bounds "
-            "contributions inside every query"
+            "this warehouse cannot hold bounded snapshots (DuckDB, Spark, and PostgreSQL with "
+            "PRIVGATE_WAREHOUSE_SNAPSHOT_URL can); it bounds contributions inside every query"
         )
     started = services.rebuild_snapshot_in_background()
     _ops(services, admin).record("snapshot.rebuild", "warehouse", started=started)
