@@ -255,9 +255,12 @@ def test_statements_without_parameters_read_the_snapshot(
     assert source > snapshot.tables["visits"]["rows"]
     # Public tables come from the source database (the snapshot has no copy of them).
     assert served.execute("SELECT COUNT(*) FROM departments", []).rows[0][0] > 0
-    # A CTE named like a table is the CTE.
-    cte = "WITH visits AS (SELECT 1 AS a) SELECT COUNT(*) FROM visits"
+    # A CTE named like a public table is the CTE; one named like a bounded table is refused
+    # (a reference to the table in its own body would read the unbounded source).
+    cte = "WITH departments AS (SELECT 1 AS a) SELECT COUNT(*) FROM departments"
     assert served.execute(cte, []).rows == [(1,)]
+    with pytest.raises(InternalError):
+        served.execute("WITH visits AS (SELECT 1 AS a) SELECT COUNT(*) FROM visits", [])
     # Names the rewriter never emits are refused rather than guessed at.
     for sql in ("SELECT COUNT(*) FROM clinic_raw.visits", "SELECT COUNT(*) FROM range(3)"):
         with pytest.raises(InternalError):
