@@ -40,19 +40,21 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
+@dataclass(frozen=True, slots=True)
 class SnapshotManifest:
-    """What every bounded snapshot (a DuckDB file, a PostgreSQL schema) reports; subclasses are
-    dataclasses with ``name``, ``source_version``, ``spec``, ``built_at``, ``seconds`` and
-    ``tables``."""
+    """What every bounded snapshot (a DuckDB file, a PostgreSQL schema, a Spark database)
+    records; each subclass adds where it lives and names itself by it (``name``)."""
 
-    __slots__ = ()
-    name: str
     source_version: str
     spec: str
     built_at: str
     seconds: float
     #: Per table: ``{"max_rows_per_unit": K or None (public copy), "rows": n, …}``.
     tables: Mapping[str, Mapping[str, Any]]
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
 
     @property
     def data_version(self) -> str:
@@ -84,14 +86,9 @@ class SnapshotInfo(SnapshotManifest):
     """A built snapshot file, as its manifest records it."""
 
     path: Path
-    source_version: str
-    spec: str
-    built_at: str
-    seconds: float
-    tables: Mapping[str, Mapping[str, Any]]
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.path.stem
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,14 +38,9 @@ class PgSnapshotInfo(SnapshotManifest):
     """A built snapshot schema, as its manifest table records it."""
 
     schema: str
-    source_version: str
-    spec: str
-    built_at: str
-    seconds: float
-    tables: Mapping[str, Mapping[str, Any]]
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.schema
 
 

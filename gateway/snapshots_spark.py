@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -43,14 +42,9 @@ class SparkSnapshotInfo(SnapshotManifest):
     """A built snapshot database, as its manifest table records it."""
 
     database: str
-    source_version: str
-    spec: str
-    built_at: str
-    seconds: float
-    tables: Mapping[str, Mapping[str, Any]]
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.database
 
 
