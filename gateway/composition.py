@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from sqlalchemy import Engine
 
@@ -27,6 +27,7 @@ from gateway.snapshots import (
     Progress,
     Rebuilds,
     SnapshotInfo,
+    SnapshotManifest,
     build_snapshot,
     find_snapshot,
     remove_others,
@@ -53,6 +54,28 @@ AnyWarehouse = Union[DuckDBWarehouse, PostgresWarehouse, "SparkWarehouse"]
 
 class SnapshotsUnsupported(RuntimeError):
     """The warehouse cannot hold bounded snapshots (it bounds per query)."""
+
+
+_Info = TypeVar("_Info", bound=SnapshotManifest)
+
+
+def _serve_snapshot(
+    warehouse: Any,
+    *,
+    find: Callable[[], _Info | None],
+    build: Callable[[], _Info],
+    remove_others: Callable[[_Info], object],
+) -> _Info:
+    """The snapshot for the current source and policy: found, else built; served from now on
+    (unless it already serves); every other snapshot of this source dropped."""
+    info = find()
+    if info is None:
+        info = build()
+    current = warehouse.snapshot
+    if current is None or current.name != info.name:
+        warehouse.use_snapshot(info)
+    remove_others(info)
+    return info
 
 
 @dataclass
@@ -138,22 +161,21 @@ class Services:
                     "this warehouse bounds contributions inside every query"
                 )
             url = writer.get_secret_value()
-            pg_info = find_pg_snapshot(url, source_version, spec)
-            if pg_info is None:
-                pg_info = build_pg_snapshot(
+            pg = warehouse
+            return _serve_snapshot(
+                pg,
+                find=lambda: find_pg_snapshot(url, source_version, spec),
+                build=lambda: build_pg_snapshot(
                     writer_url=url,
-                    reader_role=warehouse.role,
-                    source_schema=warehouse.schema,
+                    reader_role=pg.role,
+                    source_schema=pg.schema,
                     source_version=source_version,
                     catalog=catalog,
                     salt=salt,
                     progress=progress,
-                )
-            current_pg = warehouse.snapshot
-            if current_pg is None or current_pg.name != pg_info.name:
-                warehouse.use_snapshot(pg_info)
-            remove_other_pg_snapshots(url, pg_info.name)
-            return pg_info
+                ),
+                remove_others=lambda info: remove_other_pg_snapshots(url, info.name),
+            )
         if warehouse.dialect == "spark":
             return self._refresh_spark_snapshot(salt, source_version, spec, progress)
         if not isinstance(warehouse, DuckDBWarehouse):
@@ -162,22 +184,21 @@ class Services:
                 "bounds contributions inside every query"
             )
         directory = self.settings.data_dir / "bounded"
-        info = find_snapshot(directory, source_version, spec)
-        if info is None:
-            info = build_snapshot(
-                source=warehouse.path,
+        duck = warehouse
+        return _serve_snapshot(
+            duck,
+            find=lambda: find_snapshot(directory, source_version, spec),
+            build=lambda: build_snapshot(
+                source=duck.path,
                 source_version=source_version,
                 catalog=catalog,
                 salt=salt,
                 directory=directory,
-                threads=warehouse.threads,
+                threads=duck.threads,
                 progress=progress,
-            )
-        current = warehouse.snapshot
-        if current is None or current.name != info.name:
-            warehouse.use_snapshot(info)
-        remove_others(directory, info)
-        return info
+            ),
+            remove_others=lambda info: remove_others(directory, info),
+        )
 
     def _refresh_spark_snapshot(
         self, salt: bytes, source_version: str, spec: str, progress: Progress | None
@@ -195,20 +216,21 @@ class Services:
         if not isinstance(warehouse, SparkWarehouse):  # pragma: no cover - checked by the caller
             raise SnapshotsUnsupported("not a Spark warehouse")
         spark = warehouse.session
-        info = find_spark_snapshot(spark, source_version, spec)
-        if info is None:
-            info = build_spark_snapshot(
+        catalog = self.queries.catalog
+        return _serve_snapshot(
+            warehouse,
+            find=lambda: find_spark_snapshot(spark, source_version, spec),
+            build=lambda: build_spark_snapshot(
                 warehouse=warehouse,
-                catalog=self.queries.catalog,
+                catalog=catalog,
                 salt=salt,
                 source_version=source_version,
                 progress=progress,
-            )
-        current = warehouse.snapshot
-        if current is None or current.name != info.name:
-            warehouse.use_snapshot(info)
-        remove_other_spark_snapshots(spark, info.name, source=warehouse.database)
-        return info
+            ),
+            remove_others=lambda info: remove_other_spark_snapshots(
+                spark, info.name, source=warehouse.database
+            ),
+        )
 
     def rebuild_snapshot_in_background(self) -> bool:
         """Start a rebuild (the current snapshot serves meanwhile); False if one is running."""
