@@ -25,7 +25,7 @@ from gateway.noise import (
     calibrate,
     calibrate_threshold,
     release_keys,
-    release_measurement,
+    release_measurements,
     release_quantile,
 )
 from gateway.warehouse import ResultSet
@@ -144,10 +144,18 @@ def release(plan: QueryPlan, result: ResultSet) -> Released:
         )
     noisy: dict[str, list[Any]] = {
         m.column: release_quantile(m, values[m.column])
-        if m.kind is MeasurementKind.QUANTILE
-        else release_measurement(m, values[m.column])
         for m in plan.measurements
+        if m.kind is MeasurementKind.QUANTILE
     }
+    noisy.update(
+        release_measurements(
+            [
+                (m, values[m.column])
+                for m in plan.measurements
+                if m.kind is not MeasurementKind.QUANTILE
+            ]
+        )
+    )
     measurements = {m.column: m for m in plan.measurements}
     columns = tuple(_column_info(plan, i, measurements) for i in range(len(plan.outputs)))
     every = (*plan.outputs, *plan.hidden)
