@@ -223,7 +223,7 @@ class SqlLedger(LedgerAdmin):
                     "principal_epoch": principal_epoch,
                     "dataset_epoch": dataset_epoch or 0,
                 }
-                row = conn.execute(INSERT_RESERVATION, values).mappings().one()
+                row = INSERT_RESERVATION.run(conn, values).one()
                 record_reservation(conn, row, "reserve", moment)
                 if executing:
                     record_reservation(conn, row, "execute", moment)

@@ -15,6 +15,7 @@ All amounts are integers of the quanta in :mod:`budgets.cost`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
@@ -226,7 +227,7 @@ def utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def reservation_of(row: RowMapping) -> Reservation:
+def reservation_of(row: Mapping[str, Any] | RowMapping) -> Reservation:
     return Reservation(
         id=row["id"],
         query_id=row["query_id"],

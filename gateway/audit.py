@@ -41,6 +41,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from budgets.prepared import Prepared
 from gateway.audit_adopt import adopt_unsealed
 from gateway.audit_query import AuditFilter, stored_time
 from gateway.audit_read import (
@@ -116,9 +117,9 @@ class PurgeResult:
 
 
 # Built once: constructing a statement per append cost more than executing it.
-_HASH_OF = select(audit_log.c.hash).where(audit_log.c.seq == bindparam("at"))
-_INSERT_RECORD = insert(audit_log)
-_UPDATE_HEAD = (
+_HASH_OF = Prepared(select(audit_log.c.hash).where(audit_log.c.seq == bindparam("at")))
+_INSERT_RECORD = Prepared(insert(audit_log))
+_UPDATE_HEAD = Prepared(
     update(audit_head)
     .where(audit_head.c.id == HEAD_ID)
     .values(
@@ -377,7 +378,7 @@ class AuditLog(AuditReader):
             # A separate statement, after the lock: on PostgreSQL (read committed) it sees the
             # record the previous lock holder committed, which a join in the locking statement
             # would not.
-            stored = conn.execute(_HASH_OF, {"at": head.last_seq}).scalar_one_or_none()
+            stored = _HASH_OF.run(conn, {"at": head.last_seq}).scalar_one_or_none()
             if stored != head.last_hash:
                 raise AuditIntegrityError(
                     f"record seq {head.last_seq} does not match the audit head; refusing to {doing}"
@@ -391,8 +392,8 @@ class AuditLog(AuditReader):
         digest = entry_hash(head.last_hash, seq=seq, audit_id=audit_id, ts=ts, record=record)
         key_id, mac = self._keys.seal(record_message(seq, digest))
         try:
-            conn.execute(
-                _INSERT_RECORD,
+            _INSERT_RECORD.run(
+                conn,
                 {
                     "seq": seq,
                     "id": audit_id,
@@ -411,8 +412,8 @@ class AuditLog(AuditReader):
             ) from exc
         new = replace(head, last_seq=seq, last_hash=digest)
         head_key, head_mac = self._keys.seal(new.message())
-        conn.execute(
-            _UPDATE_HEAD,
+        _UPDATE_HEAD.run(
+            conn,
             {
                 "new_seq": seq,
                 "new_hash": digest,

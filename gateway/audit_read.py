@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Connection, Engine, Row, select
 
 from budgets.errors import CodedError
+from budgets.prepared import Prepared
 from gateway.audit_query import AuditFilter
 from gateway.audit_schema import HEAD_ID, audit_checkpoints, audit_head, audit_log
 from gateway.audit_seal import Checkpoint, Head, decode
@@ -137,21 +138,22 @@ class AuditReader:
             bound = audit_log.c.seq > int(rows[-1].seq)
 
 
-_HEAD = select(audit_head).where(audit_head.c.id == HEAD_ID)
-_HEAD_LOCKED = _HEAD.with_for_update()  # Rendered on PostgreSQL, ignored by SQLite.
+_HEAD_SELECT = select(audit_head).where(audit_head.c.id == HEAD_ID)
+_HEAD = Prepared(_HEAD_SELECT)
+_HEAD_LOCKED = Prepared(_HEAD_SELECT.with_for_update())  # Rendered on PostgreSQL, not SQLite.
 
 
 def read_head_row(conn: Connection, *, lock: bool) -> Head | None:
-    row = conn.execute(_HEAD_LOCKED if lock else _HEAD).one_or_none()
+    row = (_HEAD_LOCKED if lock else _HEAD).run(conn).one_or_none()
     if row is None:
         return None
     return Head(
-        last_seq=int(row.last_seq),
-        last_hash=str(row.last_hash),
-        mac=str(row.mac),
-        key_id=_text(row.key_id),
-        anchor_seq=int(row.anchor_seq),
-        anchor_hash=str(row.anchor_hash),
+        last_seq=int(row["last_seq"]),
+        last_hash=str(row["last_hash"]),
+        mac=str(row["mac"]),
+        key_id=_text(row["key_id"]),
+        anchor_seq=int(row["anchor_seq"]),
+        anchor_hash=str(row["anchor_hash"]),
     )
 
 

@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from budgets.errors import CodedError
+from budgets.prepared import Prepared
 from gateway.control_db import reader
 from gateway.wire.scram import Verifier, make_verifier, principal_salt
 from rewriter.policy import Role
@@ -213,7 +214,7 @@ class KeyInfo:
         }
 
 
-_QUARANTINED = select(principals.c.quarantined).where(principals.c.name == bindparam("n"))
+_QUARANTINED = Prepared(select(principals.c.quarantined).where(principals.c.name == bindparam("n")))
 
 
 #: ``last_used_at`` is refreshed at most this often per key (a read-only login otherwise).
@@ -415,7 +416,7 @@ class PrincipalStore:
     def is_quarantined(self, name: str) -> bool:
         """Whether ``name`` is quarantined (False for unknown names). One indexed read."""
         with self._reader.connect() as conn:
-            flag = conn.execute(_QUARANTINED, {"n": name}).scalar_one_or_none()
+            flag = _QUARANTINED.run(conn, {"n": name}).scalar_one_or_none()
         return bool(flag)
 
     def list_quarantined(self) -> list[PrincipalInfo]:

@@ -39,9 +39,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql.expression import Executable
 
 from budgets.ledger_steps import in_transaction
+from budgets.prepared import Prepared
 from gateway.control_db import reader
 
 metadata = MetaData()
@@ -99,11 +99,19 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-_CLAIM = insert(results)
-_REPLAY = select(results.c.envelope).where(
-    results.c.principal == bindparam("p"),
-    results.c.replay_key == bindparam("k"),
-    results.c.state == "done",
+_CLAIM = Prepared(insert(results))
+_REPLAY = Prepared(
+    select(results.c.envelope).where(
+        results.c.principal == bindparam("p"),
+        results.c.replay_key == bindparam("k"),
+        results.c.state == "done",
+    )
+)
+
+_KEY_TAKEN = Prepared(
+    select(results.c.query_id).where(
+        results.c.principal == bindparam("p"), results.c.replay_key == bindparam("k")
+    )
 )
 
 
@@ -115,7 +123,7 @@ def _finish(*, with_key: bool) -> Any:
     }
     if with_key:
         values["replay_key"] = bindparam("new_replay_key")
-    return update(results).where(results.c.query_id == bindparam("qid")).values(**values)
+    return Prepared(update(results).where(results.c.query_id == bindparam("qid")).values(**values))
 
 
 _FINISH = _finish(with_key=True)
@@ -133,15 +141,15 @@ class ResultStore:
     def replay(self, *, principal: str, key: str) -> dict[str, Any] | None:
         """The stored envelope for this principal and replay key, if any."""
         with self._reader.connect() as conn:
-            row = conn.execute(_REPLAY, {"p": principal, "k": key}).first()
-        return None if row is None or row.envelope is None else dict(json.loads(row.envelope))
+            row = _REPLAY.run(conn, {"p": principal, "k": key}).first()
+        return None if row is None or row["envelope"] is None else dict(json.loads(row["envelope"]))
 
     def claim(self, *, query_id: str, principal: str, req_hash: str) -> Claim:
         """Claim ``query_id`` for this principal; a second claim reports the first one's state."""
         try:
             with self._engine.begin() as conn:
-                conn.execute(
-                    _CLAIM,
+                _CLAIM.run(
+                    conn,
                     {
                         "query_id": query_id,
                         "principal": principal,
@@ -198,7 +206,7 @@ class ResultStore:
                 "finished_at": now,
                 "envelope": text,
             }
-            stmt: Executable = _CLAIM
+            stmt = _CLAIM
             params, fallback = {**row, "replay_key": key}, row
         else:
             done = {
@@ -210,17 +218,24 @@ class ResultStore:
             stmt = _FINISH
             params, fallback = {**done, "new_replay_key": key}, done
         with in_transaction(self._engine, conn) as tx:
-            if key is not None:
+            if key is not None and tx.dialect.name == "sqlite":
+                # Every write transaction on SQLite holds the database's write lock from its
+                # BEGIN IMMEDIATE (gateway.control_db): no twin can store the key between this
+                # look and the write, so no savepoint is needed to survive a refusal.
+                if _KEY_TAKEN.run(tx, {"p": principal, "k": key}).first() is None:
+                    stmt.run(tx, params)
+                    return
+            elif key is not None:
                 try:
                     # The first stored answer for a key is the one replayed; a concurrent twin
                     # keeps none. The savepoint keeps the caller's transaction usable when the
                     # unique index refuses the key.
                     with tx.begin_nested():
-                        tx.execute(stmt, params)
+                        stmt.run(tx, params)
                     return
                 except IntegrityError:
                     pass
-            tx.execute(_CLAIM if unclaimed is not None else _FINISH_NO_KEY, fallback)
+            (_CLAIM if unclaimed is not None else _FINISH_NO_KEY).run(tx, fallback)
 
     def fail(self, *, query_id: str) -> None:
         with self._engine.begin() as conn:
