@@ -85,7 +85,6 @@ def _grid_up(x: float) -> float:
     return math.ldexp(math.ceil(mantissa * 2**SCALE_BITS), exponent - SCALE_BITS)
 
 
-@lru_cache(maxsize=4096)
 def calibrate(sensitivity: int, epsilon: Fraction) -> Calibrated:
     """Smallest scale with :data:`SCALE_BITS` significant bits whose OpenDP privacy map for
     ``sensitivity`` is at most ``epsilon``.
@@ -93,6 +92,14 @@ def calibrate(sensitivity: int, epsilon: Fraction) -> Calibrated:
     >>> calibrate(5, Fraction(1, 2)).scale
     10.0
     """
+    # Memoised on integers: hashing a Fraction (a modular inverse) cost more than the lookup,
+    # and the release asks for every cell's calibration.
+    return _calibrate(sensitivity, epsilon.numerator, epsilon.denominator)
+
+
+@lru_cache(maxsize=4096)
+def _calibrate(sensitivity: int, numerator: int, denominator: int) -> Calibrated:
+    epsilon = Fraction(numerator, denominator)
     if sensitivity <= 0 or epsilon <= 0:
         raise NoiseError("sensitivity and epsilon must be positive")
     scale = _grid_up(float(Fraction(sensitivity) / epsilon))

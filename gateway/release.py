@@ -410,7 +410,7 @@ def _key_order(keys: tuple[Any, ...]) -> tuple[tuple[bool, str, Any], ...]:
 
 
 def _norm(value: Any) -> Any:
-    if isinstance(value, dt.date | dt.datetime):
+    if isinstance(value, dt.date):  # datetimes too (a subclass)
         return value.isoformat()
     return value
 
