@@ -97,9 +97,12 @@ class Prepared:
         assert isinstance(driver, sqlite3.Connection)
         try:
             cursor = driver.execute(compiled.sql, values)
-        except sqlite3.IntegrityError as error:
-            # As SQLAlchemy raises it, so callers catch one exception type on every dialect.
-            raise exc.IntegrityError(compiled.sql, values, error) from error
+        except sqlite3.Error as error:
+            # Wrapped as SQLAlchemy wraps it (IntegrityError, OperationalError, ...), so callers
+            # catch one exception type on every dialect; the values stay out of the message.
+            raise exc.DBAPIError.instance(
+                compiled.sql, values, error, sqlite3.Error, hide_parameters=True
+            ) from error
         try:
             fetched = cursor.fetchall() if compiled.keys else []
             rowcount = cursor.rowcount

@@ -24,7 +24,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from budgets.prepared import Prepared
 from gateway.control_db import make_control_engine
@@ -114,6 +114,14 @@ def test_a_constraint_violation_is_sqlalchemys_integrity_error(engine: Engine) -
         _INSERT.run(conn, {"id": "a", "n": 2, "flag": False, "at": None})
     row = _sqlalchemy_row(engine, "a")
     assert row is not None and row["n"] == 1
+
+
+def test_driver_errors_are_wrapped_without_their_values(tmp_path: Path) -> None:
+    engine = make_control_engine(f"sqlite:///{tmp_path / 'control.db'}")  # no tables made
+    with engine.connect() as conn, pytest.raises(OperationalError, match="no such table") as err:
+        _BY_ID.run(conn, {"i": "secret-value"})
+    assert "secret-value" not in str(err.value)
+    engine.dispose()
 
 
 def test_unsupported_statements_are_refused_on_sqlite(tmp_path: Path) -> None:
