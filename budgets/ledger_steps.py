@@ -339,12 +339,7 @@ def transition(
     statement = _TRANSITIONS.get((src, finished))
     if statement is None:
         raise ValueError(f"no transition from {src} to {dst}")
-    return statement.run(
-        conn,
-        {"rid": reservation_id, "dst": dst, "now": now}
-        if finished
-        else {"rid": reservation_id, "dst": dst},
-    ).one_or_none()
+    return statement.run(conn, {"rid": reservation_id, "dst": dst, "now": now}).one_or_none()
 
 
 def state_of(conn: Connection, reservation_id: str) -> ReservationState | None:

@@ -46,9 +46,6 @@ class Rows:
         self._rows = rows
         self.rowcount = rowcount
 
-    def all(self) -> list[dict[str, Any]]:
-        return self._rows
-
     def first(self) -> dict[str, Any] | None:
         return self._rows[0] if self._rows else None
 

@@ -149,8 +149,7 @@ def release_measurements(
             raise NoiseError("mechanism exceeds its budget share")
         by_scale.setdefault(cal.scale, []).append((measurement.column, _clamped(true_values)))
     for scale, parts in by_scale.items():
-        flat = parts[0][1] if len(parts) == 1 else [v for _, values in parts for v in values]
-        noisy = _vector_laplace(scale)(flat)
+        noisy = _vector_laplace(scale)([v for _, values in parts for v in values])
         at = 0
         for column, values in parts:
             out[column] = [int(v) for v in noisy[at : at + len(values)]]
