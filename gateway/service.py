@@ -168,6 +168,7 @@ class QueryService:
         request: QueryRequest,
         principal: Principal,
         prebounded: Mapping[str, int] | None = None,
+        precomputed: frozenset[str] | None = None,
     ) -> QueryPlan:
         """Plan without executing or charging (used by run, and later by explain/Describe)."""
         return self._plans.plan(
@@ -177,6 +178,7 @@ class QueryService:
                 epsilon=request.epsilon,
                 dialect=self._warehouse.dialect,
                 prebounded=self._warehouse.prebounded() if prebounded is None else prebounded,
+                precomputed=(self._warehouse.precomputed() if precomputed is None else precomputed),
             ),
             self.catalog,
         )
@@ -193,15 +195,19 @@ class QueryService:
         request: QueryRequest,
         principal: Principal,
         prebounded: Mapping[str, int] | None = None,
+        precomputed: frozenset[str] | None = None,
     ) -> QueryPlan:
         """Plan ``request``, solving for ε first when it asks for an accuracy instead.
 
-        ``prebounded``: the snapshot-served tables to plan for (default: the warehouse's now).
+        ``prebounded``: the snapshot-served tables to plan for, ``precomputed`` the terms that
+        snapshot stores (default: the warehouse's now).
         """
         if prebounded is None:
             prebounded = self._warehouse.prebounded()
+        if precomputed is None:
+            precomputed = self._warehouse.precomputed()
         if request.accuracy is None:
-            return self.plan(request, principal, prebounded)
+            return self.plan(request, principal, prebounded, precomputed)
         if request.epsilon is not None:
             raise InvalidRequest("give either epsilon or accuracy, not both")
         target = request.accuracy
@@ -217,6 +223,7 @@ class QueryService:
                     dialect=self._warehouse.dialect,
                     check_query_max=False,
                     prebounded=prebounded,
+                    precomputed=precomputed,
                 ),
                 self.catalog,
             )
@@ -278,10 +285,10 @@ class QueryService:
         plan: QueryPlan | None = None
         claimed = False
         try:
-            # The tables a snapshot serves, and their K, as planned: checked again just before
-            # the statement runs (a snapshot with another K may have replaced it meanwhile).
-            prebounded = self._warehouse.prebounded()
-            plan = self.resolve(request, ctx.principal, prebounded)
+            # The tables a snapshot serves, their K and the terms it stores, as planned: checked
+            # again just before the statement runs (another snapshot may have replaced it).
+            served = (self._warehouse.prebounded(), self._warehouse.precomputed())
+            plan = self.resolve(request, ctx.principal, *served)
             base.update(_plan_fields(plan))
             req_hash = request_hash(
                 request.sql, fraction_str(plan.cost.epsilon), secret=self._digest_key
@@ -317,7 +324,7 @@ class QueryService:
                         unclaimed=unclaimed,
                     )
                     return self._replayed(stored, base, ctx, started, query_id)
-            released, reservation_id = self._execute(plan, ctx, query_id, prebounded)
+            released, reservation_id = self._execute(plan, ctx, query_id, served)
             latency_ms = round((self._clock() - started) * 1000, 3)
             record = {
                 **base,
@@ -373,7 +380,11 @@ class QueryService:
         raise QueryFailed(exc, self._audit_rejection(base, exc, started))
 
     def _execute(
-        self, plan: QueryPlan, ctx: CallContext, query_id: str, prebounded: Mapping[str, int]
+        self,
+        plan: QueryPlan,
+        ctx: CallContext,
+        query_id: str,
+        served: tuple[Mapping[str, int], frozenset[str]],
     ) -> tuple[Released, str | None]:
         """Reserve → execute → release; the reservation's id is returned for the final commit.
 
@@ -388,7 +399,8 @@ class QueryService:
             # as pre-bounded (no salt parameter) relies on the snapshot's K being the one its
             # sensitivity was computed for: if the serving snapshot changed since planning,
             # refuse before anything is charged or read (fail closed; a retry plans anew).
-            replaced = dict(self._warehouse.prebounded()) != dict(prebounded)
+            now = (dict(self._warehouse.prebounded()), self._warehouse.precomputed())
+            replaced = now != (dict(served[0]), served[1])
             if plan.protected and not plan.parameters and replaced:
                 raise WarehouseUnavailable(
                     "the bounded snapshot was replaced while this query was planned"

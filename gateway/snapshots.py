@@ -33,7 +33,7 @@ from typing import Any
 import duckdb
 
 from rewriter.catalog import Catalog
-from rewriter.rules.bound_and_emit import snapshot_select
+from rewriter.rules.bound_and_emit import precomputed_sums, snapshot_select
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,16 @@ class SnapshotManifest:
             for name, t in self.tables.items()
             if t.get("max_rows_per_unit") is not None
         }
+
+    def precomputed(self) -> frozenset[str]:
+        """The fixed-point terms it stores, as ``table.column`` (lower-case table names), for
+        the planner (rewriter.rules.bound_and_emit.precomputed_sums)."""
+        return frozenset(
+            f"{name.lower()}.{column}"
+            for name, t in self.tables.items()
+            if t.get("max_rows_per_unit") is not None
+            for column in t.get("precomputed", ())
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -105,9 +115,12 @@ def snapshot_spec(catalog: Catalog, salt: bytes) -> tuple[str, dict[str, int | N
             k = ds.defaults.max_rows_per_unit
             unit = ds.privacy_unit.lower()
         plan[table.name] = k
-        described.append([table.name, list(table.columns), unit, k])
+        # The precomputed terms' names digest the measures' bounds: a change of bounds asks
+        # for a new snapshot (the old one serves meanwhile, its terms unused).
+        sums = sorted(precomputed_sums(table, "duckdb")) if k is not None else []
+        described.append([table.name, list(table.columns), unit, k, sums])
     fingerprint = hmac.new(salt, b"privgate-snapshot-salt-id", hashlib.sha256).hexdigest()[:16]
-    blob = json.dumps({"v": 1, "tables": described, "salt": fingerprint}, sort_keys=True)
+    blob = json.dumps({"v": 2, "tables": described, "salt": fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24], plan
 
 
@@ -195,13 +208,18 @@ def build_snapshot(
                 # Blocked columns served only the ranking: the copy leaves them out, so that
                 # data_dir holds no second copy of what no query may ever read.
                 kept_cols = ", ".join(_ident(c.name) for c in table.visible_columns())
+                sums = precomputed_sums(table, "duckdb")
+                terms = "".join(f", {sql} AS {_ident(name)}" for name, sql in sums.items())
                 con.execute(
-                    f"CREATE TABLE snap.main.{quoted} AS SELECT {kept_cols} FROM ({select}) AS s",
+                    f"CREATE TABLE snap.main.{quoted} AS SELECT {kept_cols}{terms} "
+                    f"FROM ({select}) AS __pg_t",
                     [salt.decode()],
                 )
             rows = _count(con, f"snap.main.{quoted}")
             source_rows = _count(con, quoted)
             tables[table.name] = {"max_rows_per_unit": k, "rows": rows, "source_rows": source_rows}
+            if k is not None:
+                tables[table.name]["precomputed"] = sorted(sums)
             # Row counts go to the manifest (admins only), not to the log.
             say(f"bounded snapshot: {table.name} done in {time.perf_counter() - t0:.1f} s")
         con.execute("DETACH snap")

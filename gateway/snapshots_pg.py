@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.snapshots import Progress, SnapshotManifest, snapshot_spec
 from rewriter.catalog import Catalog
-from rewriter.rules.bound_and_emit import _rank
+from rewriter.rules.bound_and_emit import _rank, precomputed_sums
 from rewriter.rules.check_where import base_column
 
 PREFIX = "privgate_b_"
@@ -105,16 +105,22 @@ def build_pg_snapshot(
             unit_sql = base_column(unit).sql(dialect="postgres")
             every = [base_column(c).sql(dialect="postgres") for c in table.columns.values()]
             kept = ", ".join(_ident(c.name) for c in table.visible_columns())
+            sums = precomputed_sums(table, "postgres")
+            terms = "".join(f", {sql} AS {_ident(name)}" for name, sql in sums.items())
             source = f"{_ident(source_schema)}.{_ident(table.name)}"
             con.execute(
-                f"CREATE TABLE {_ident(schema)}.{_ident(table.name)} AS SELECT {kept} FROM "
-                f"(SELECT __pg_t.*, {_rank(unit_sql, every, 'postgres')} AS __pg_rank "
-                f"FROM {source} AS __pg_t WHERE {unit_sql} IS NOT NULL) AS __pg_r "
+                f"CREATE TABLE {_ident(schema)}.{_ident(table.name)} AS SELECT {kept}{terms} "
+                f"FROM (SELECT __pg_t.*, {_rank(unit_sql, every, 'postgres')} AS __pg_rank "
+                f"FROM {source} AS __pg_t WHERE {unit_sql} IS NOT NULL) AS __pg_t "
                 f"WHERE __pg_rank <= {int(k)}"
             )
             con.execute(f"ANALYZE {_ident(schema)}.{_ident(table.name)}")
             rows = con.execute(f"SELECT count(*) FROM {_ident(schema)}.{_ident(table.name)}")
-            tables[table.name] = {"max_rows_per_unit": k, "rows": int(rows.fetchone()[0])}  # type: ignore[index]
+            tables[table.name] = {
+                "max_rows_per_unit": k,
+                "rows": int(rows.fetchone()[0]),  # type: ignore[index]
+                "precomputed": sorted(sums),
+            }
         info = PgSnapshotInfo(
             schema=schema,
             source_version=source_version,

@@ -24,7 +24,7 @@ from sqlglot import exp
 
 from gateway.snapshots import Progress, SnapshotManifest, snapshot_spec
 from rewriter.catalog import Catalog
-from rewriter.rules.bound_and_emit import _rank
+from rewriter.rules.bound_and_emit import _rank, precomputed_sums
 from rewriter.rules.check_where import base_column
 
 if TYPE_CHECKING:
@@ -124,16 +124,22 @@ def build_spark_snapshot(
         every = [base_column(c).sql(dialect="spark") for c in table.columns.values()]
         # Blocked columns served only the ranking: the copy leaves them out.
         kept = ", ".join(_ident(c.name) for c in table.visible_columns())
+        sums = precomputed_sums(table, "spark")
+        terms = "".join(f", {sql} AS {_ident(name)}" for name, sql in sums.items())
         source = _qualified(warehouse.database, table.name)
         target = _qualified(database, table.name)
         select = (
-            f"SELECT {kept} FROM (SELECT __pg_t.*, {_rank(unit_sql, every, 'spark')} AS __pg_rank "
-            f"FROM {source} AS __pg_t WHERE {unit_sql} IS NOT NULL) AS __pg_r "
+            f"SELECT {kept}{terms} FROM (SELECT __pg_t.*, {_rank(unit_sql, every, 'spark')} "
+            f"AS __pg_rank FROM {source} AS __pg_t WHERE {unit_sql} IS NOT NULL) AS __pg_t "
             f"WHERE __pg_rank <= {int(k)}"
         )
         spark.sql(select, args=[salt.decode()]).write.saveAsTable(target)
         rows = spark.table(target).count()
-        tables[table.name] = {"max_rows_per_unit": k, "rows": int(rows)}
+        tables[table.name] = {
+            "max_rows_per_unit": k,
+            "rows": int(rows),
+            "precomputed": sorted(sums),
+        }
         # Row counts go to the manifest (admins only), not to the log.
         say(f"bounded snapshot: {name} done in {time.perf_counter() - t0:.1f} s")
     info = SparkSnapshotInfo(

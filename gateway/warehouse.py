@@ -49,6 +49,10 @@ class Warehouse(Protocol):
         """Tables served from a bounded snapshot, and their K (lower-case names)."""
         ...
 
+    def precomputed(self) -> frozenset[str]:
+        """The fixed-point terms that snapshot stores (``table.column``, lower-case tables)."""
+        ...
+
 
 LOCKDOWN = {
     "enable_external_access": False,
@@ -84,11 +88,10 @@ class DuckDBWarehouse:
         self._version = file_version(path)
         #: (connection queries run on, the snapshot it holds or None for the source, the tables
         #: that snapshot bounds and their K): swapped as one reference.
-        self._serving: tuple[duckdb.DuckDBPyConnection, SnapshotInfo | None, Mapping[str, int]] = (
-            self._con,
-            None,
-            {},
-        )
+        #: Also the fixed-point terms it stores.
+        self._serving: tuple[
+            duckdb.DuckDBPyConnection, SnapshotInfo | None, Mapping[str, int], frozenset[str]
+        ] = (self._con, None, {}, frozenset())
         self._retired: list[duckdb.DuckDBPyConnection] = []
         self._swap = threading.Lock()
 
@@ -128,12 +131,15 @@ class DuckDBWarehouse:
             raise WarehouseUnavailable(f"cannot open bounded snapshot {info.path}: {exc}") from exc
         with self._swap:
             old = self._serving[0]
-            self._serving = (con, info, info.bounded())
+            self._serving = (con, info, info.bounded(), info.precomputed())
             if old is not self._con:
                 self._retired.append(old)
 
     def prebounded(self) -> Mapping[str, int]:
         return self._serving[2]  # computed once per swap, not per query
+
+    def precomputed(self) -> frozenset[str]:
+        return self._serving[3]
 
     def columns(self) -> dict[str, list[tuple[str, str]]]:
         rows = (

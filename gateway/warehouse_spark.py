@@ -136,6 +136,10 @@ class SparkWarehouse:
     def prebounded(self) -> Mapping[str, int]:
         return self._serving[1]
 
+    def precomputed(self) -> frozenset[str]:
+        info = self._serving[0]
+        return frozenset() if info is None else info.precomputed()
+
     def source_version(self) -> str:
         """The data version of the source database (its tables, columns and files)."""
         return self._source_version()

@@ -59,6 +59,7 @@ class PlanCache:
             request.dialect,
             request.check_query_max,
             tuple(sorted(request.prebounded.items())),
+            request.precomputed,
         )
         with self._lock:
             if catalog is not self._catalog:

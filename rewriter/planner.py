@@ -63,6 +63,9 @@ class PlanRequest:
     #: Tables served from a bounded snapshot, with the K each was bounded to (lower-case names).
     #: A table whose snapshot K differs from the dataset's current K is bounded per query.
     prebounded: Mapping[str, int] = field(default_factory=dict)
+    #: The fixed-point terms those snapshots store (``table.column`` names, lower-case table):
+    #: a SUM whose term is among them sums it instead of clamping each row.
+    precomputed: frozenset[str] = frozenset()
 
 
 def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
@@ -95,6 +98,7 @@ def plan_query(request: PlanRequest, catalog: Catalog) -> QueryPlan:
             with_units=with_units,
             dialect=request.dialect,
             prebounded=prebounded,
+            precomputed=request.precomputed,
             predicate=predicate,
         )
 

@@ -536,8 +536,9 @@ def test_avg_is_a_sum_over_a_count(catalog: Catalog) -> None:
     num, den = by_name[out.measurement], by_name[out.denominator]
     assert (num.kind, num.sensitivity, num.fixed_point) == (MeasurementKind.SUM, 25_000_000, 1000)
     assert (den.kind, den.sensitivity) == (MeasurementKind.COUNT, 5)
-    assert 'COUNT("a0")' in p.warehouse_sql  # non-null costs, not all rows
-    assert 'END) AS "a0"' in p.warehouse_sql and '__pg_t."cost"' in p.warehouse_sql
+    # Non-null costs, not all rows: the column itself, NULL exactly when its clamp is.
+    assert '__pg_t."cost" AS "a1"' in p.warehouse_sql and 'COUNT("a1")' in p.warehouse_sql
+    assert 'END) AS "a0"' in p.warehouse_sql
 
 
 def test_repeated_aggregates_are_measured_once(catalog: Catalog) -> None:

@@ -9,6 +9,7 @@ and for a query without WHERE the snapshot and per-query bounding keep the same 
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import duckdb
 import pytest
+import yaml
 
 from gateway.policy_loader import load_policy
 from gateway.settings import demo_policy_path, load_secrets
@@ -126,28 +128,78 @@ def test_kept_rows_depend_only_on_the_unit_itself(
 
 QUERIES = [
     "SELECT department, COUNT(*) AS n, SUM(cost) AS s FROM visits GROUP BY department",
+    "SELECT department, AVG(cost) AS a, COUNT(cost) AS c, SUM(cost * 2) AS d FROM visits "
+    "GROUP BY department",
     "SELECT COUNT(*) AS n, AVG(los_days) AS a FROM visits",
     "SELECT visit_day, COUNT(*) AS n FROM visits GROUP BY visit_day",
     "SELECT department, SUM(cost) AS s FROM visits GROUP BY department ORDER BY s DESC LIMIT 3",
 ]
 
 
+@pytest.mark.parametrize("terms", [True, False], ids=["precomputed-sums", "clamped-per-row"])
 @pytest.mark.parametrize("sql", QUERIES)
 def test_same_exact_aggregates_as_per_query_bounding(
-    sql: str, snapshot: SnapshotInfo, demo_warehouse: Path
+    sql: str, terms: bool, snapshot: SnapshotInfo, demo_warehouse: Path
 ) -> None:
     catalog = _catalog(demo_warehouse)
     per_query = plan_query(PlanRequest(sql=sql, granted=ALL, epsilon=1), catalog)
     on_snapshot = plan_query(
-        PlanRequest(sql=sql, granted=ALL, epsilon=1, prebounded=snapshot.bounded()), catalog
+        PlanRequest(
+            sql=sql,
+            granted=ALL,
+            epsilon=1,
+            prebounded=snapshot.bounded(),
+            precomputed=snapshot.precomputed() if terms else frozenset(),
+        ),
+        catalog,
     )
     assert per_query.parameters and not on_snapshot.parameters  # no salt, no window
+    # SUM of a bare measure (and AVG's sum) reads the stored term; SUM(cost * 2) is computed.
+    sums_a_measure = re.search(r"(SUM|AVG)\((cost|los_days)\)", sql) is not None
+    assert ("__pg_sum_" in on_snapshot.warehouse_sql) == (terms and sums_a_measure)
     assert "ROW_NUMBER" in per_query.warehouse_sql
     assert "ROW_NUMBER" not in on_snapshot.warehouse_sql
     assert per_query.measurements == on_snapshot.measurements  # same sensitivities and costs
     exact = sorted(_rows(demo_warehouse, per_query.warehouse_sql, [SALT.decode()]))
     assert exact == sorted(_rows(snapshot.path, on_snapshot.warehouse_sql))
     assert exact  # not vacuous
+
+
+def test_terms_built_under_other_bounds_are_never_summed(
+    snapshot: SnapshotInfo, demo_warehouse: Path, tmp_path: Path
+) -> None:
+    """A policy whose bounds changed since the snapshot was built names other terms: the query
+    clamps each row to the new bounds (the stored terms were clamped to the old ones, and the
+    sensitivity is computed from the new), and the snapshot is stale (a rebuild is due)."""
+    policy = yaml.safe_load(demo_policy_path().read_text())
+    policy["datasets"]["clinic"]["tables"]["visits"]["columns"]["cost"]["bounds"] = [0, 100]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    wh = DuckDBWarehouse(demo_warehouse, threads=2)
+    try:
+        narrowed = build_catalog(load_policy(path).policy, wh.columns())
+    finally:
+        wh.close()
+    sql = "SELECT department, SUM(cost) AS s FROM visits GROUP BY department"
+    plan = plan_query(
+        PlanRequest(
+            sql=sql,
+            granted=ALL,
+            epsilon=1,
+            prebounded=snapshot.bounded(),
+            precomputed=snapshot.precomputed(),
+        ),
+        narrowed,
+    )
+    assert not plan.parameters and "__pg_sum_" not in plan.warehouse_sql
+    assert "LEAST(GREATEST" in plan.warehouse_sql
+    (m,) = plan.measurements
+    assert m.sensitivity == 5 * 100 * 1000  # K × the new bound, in fixed point
+    per_query = plan_query(PlanRequest(sql=sql, granted=ALL, epsilon=1), narrowed)
+    exact = sorted(_rows(demo_warehouse, per_query.warehouse_sql, [SALT.decode()]))
+    assert exact == sorted(_rows(snapshot.path, plan.warehouse_sql))
+    assert max(s for _, s in exact) > 0
+    assert snapshot_spec(narrowed, SALT)[0] != snapshot.spec
 
 
 def test_a_filtered_query_keeps_at_most_k_rows_per_unit(
@@ -336,8 +388,8 @@ def test_a_snapshot_replaced_by_one_of_another_k_after_planning_is_refused(
     services = build_services(Settings(data_dir=tmp_path / "data", warehouse_path=source))
     try:
         warehouse = services.warehouse
-        con, info, bounded = warehouse._serving
-        assert info is not None and bounded
+        con, info, bounded, sums = warehouse._serving
+        assert info is not None and bounded and sums
         analyst = services.principals.get("analyst")
         assert analyst is not None
         ctx = CallContext(principal=analyst, door="cli", client="test")
@@ -346,7 +398,7 @@ def test_a_snapshot_replaced_by_one_of_another_k_after_planning_is_refused(
         def plan_then_swap(*args: Any, **kwargs: Any) -> Any:
             plan = resolve(*args, **kwargs)
             # A rebuild for a policy with another K lands between planning and execution.
-            warehouse._serving = (con, info, {name: k + 1 for name, k in bounded.items()})
+            warehouse._serving = (con, info, {name: k + 1 for name, k in bounded.items()}, sums)
             return plan
 
         services.queries.resolve = plan_then_swap  # type: ignore[method-assign]
@@ -356,10 +408,24 @@ def test_a_snapshot_replaced_by_one_of_another_k_after_planning_is_refused(
         assert failed.value.error.code == "warehouse.unavailable"
         assert services.ledger.spent_total(principal="analyst", dataset="clinic") == before
 
-        # The same K again (a rebuild for new data): served as usual.
+        # The same K, other precomputed terms (a rebuild for other bounds): refused as well.
+        def plan_then_other_terms(*args: Any, **kwargs: Any) -> Any:
+            plan = resolve(*args, **kwargs)
+            warehouse._serving = (con, info, dict(bounded), frozenset())
+            return plan
+
+        warehouse._serving = (con, info, bounded, sums)
+        services.queries.resolve = plan_then_other_terms  # type: ignore[method-assign]
+        with pytest.raises(QueryFailed) as failed:
+            services.queries.run(QueryRequest(sql="SELECT SUM(cost) AS s FROM visits"), ctx)
+        assert failed.value.error.code == "warehouse.unavailable"
+        assert services.ledger.spent_total(principal="analyst", dataset="clinic") == before
+        warehouse._serving = (con, info, bounded, sums)
+
+        # The same K and terms again (a rebuild for new data): served as usual.
         def plan_then_same_k(*args: Any, **kwargs: Any) -> Any:
             plan = resolve(*args, **kwargs)
-            warehouse._serving = (con, info, dict(bounded))
+            warehouse._serving = (con, info, dict(bounded), sums)
             return plan
 
         services.queries.resolve = plan_then_same_k  # type: ignore[method-assign]

@@ -143,10 +143,12 @@ def test_snapshot_gives_the_per_query_aggregates(
                 granted=frozenset({"clinic"}),
                 dialect="postgres",
                 prebounded=warehouse.prebounded(),
+                precomputed=warehouse.precomputed(),
             ),
             catalog,
         )
         assert snap.parameters == () and "ROW_NUMBER" not in snap.warehouse_sql
+        assert snap.warehouse_sql.count("__pg_sum_") == 2  # the stored terms of both sums
         got = warehouse.execute(snap.warehouse_sql, []).rows
     finally:
         warehouse._serving = (None, {})

@@ -9,6 +9,7 @@ logic: without pyspark or Java this module skips, except in CI, where it fails).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,11 +215,25 @@ def test_snapshot_gives_the_per_query_aggregates(
     want = exact_rows(
         per_query, served.execute(per_query.warehouse_sql, [SALT] * len(per_query.parameters))
     )
-    snap = _plan(clinic.catalog, case.sql, "spark", dict(served.prebounded()))
+    snap = _plan(clinic.catalog, case.sql, "spark", dict(served.prebounded()), served.precomputed())
     assert snap.parameters == () and "ROW_NUMBER" not in snap.warehouse_sql
     got = exact_rows(snap, served.execute(snap.warehouse_sql, []))
     _same(snap, got, want)
     assert got
+
+
+def test_the_compared_queries_sum_stored_terms() -> None:
+    """Some compared single-table queries sum a snapshot's stored fixed-point terms."""
+    assert any(re.search(r"(SUM|AVG)\((cost|los_days)\)", c.sql) for c in SAME)
+
+
+def test_a_sum_reads_the_stored_term(clinic: Clinic, served: SparkWarehouse) -> None:  # noqa: F811
+    sql = "SELECT department, SUM(cost) AS s, AVG(los_days) AS a FROM visits GROUP BY department"
+    snap = _plan(clinic.catalog, sql, "spark", dict(served.prebounded()), served.precomputed())
+    assert snap.warehouse_sql.count("__pg_sum_") == 2
+    per_query = _plan(clinic.catalog, sql, "spark", {})
+    want = exact_rows(per_query, served.execute(per_query.warehouse_sql, [SALT]))
+    _same(snap, exact_rows(snap, served.execute(snap.warehouse_sql, [])), want)
 
 
 def test_qualifying_changes_nothing_but_the_table_references(clinic: Clinic) -> None:  # noqa: F811

@@ -194,13 +194,20 @@ def clinic(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Ite
         duck.close()
 
 
-def _plan(catalog: Catalog, sql: str, dialect: str, prebounded: dict[str, int]) -> QueryPlan:
+def _plan(
+    catalog: Catalog,
+    sql: str,
+    dialect: str,
+    prebounded: dict[str, int],
+    precomputed: frozenset[str] = frozenset(),
+) -> QueryPlan:
     return plan_query(
         PlanRequest(
             sql=sql,
             granted=frozenset({"clinic"}),
             dialect=dialect,
             prebounded=prebounded,
+            precomputed=precomputed,
             check_query_max=False,
         ),
         catalog,

@@ -18,14 +18,17 @@ privacy-model.md, "Bounded snapshots").
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlglot import exp
 
 from rewriter.catalog import CatalogColumn, CatalogTable
-from rewriter.errors import Unsupported
+from rewriter.errors import MeasureMisuse, Unsupported
 from rewriter.plan import MeasurementKind
+from rewriter.policy import ColumnClass
 from rewriter.rules.check_where import BASE, base_column
-from rewriter.rules.row_expr import RowValue
-from rewriter.rules.shape_aggregates import MeasurementDraft
+from rewriter.rules.row_expr import RowValue, measure_value
+from rewriter.rules.shape_aggregates import MeasurementDraft, sum_draft
 
 UNITS_COLUMN = "__pg_units"
 SALT_PARAMETER = "salt"
@@ -53,22 +56,30 @@ def bound_and_emit(
     with_units: bool,
     dialect: str,
     prebounded: bool = False,
+    precomputed: frozenset[str] = frozenset(),
 ) -> str:
     """Return the warehouse SQL computing one row per group: keys k0.., measurements m0.., units.
 
     Row expressions (group keys ``g<i>``, aggregate arguments ``a<j>``) are computed in the
     inner query over the base table ``__pg_t``; the outer query aggregates the kept rows.
     ``prebounded``: ``table`` is a bounded snapshot with at most ``max_rows_per_unit`` rows per
-    unit; no ranking (and no salt parameter) is emitted.
+    unit; no ranking (and no salt parameter) is emitted. ``precomputed``: the fixed-point terms
+    that snapshot holds (``table.column`` names, :func:`precomputed_sums`); a SUM of a bare
+    measure column whose term is among them sums the stored term instead of clamping each row.
     """
     if dialect not in SUPPORTED_DIALECTS:
         raise Unsupported(f"warehouse dialect {dialect!r} is not supported yet")
     inner_cols = [f"{k.sql} AS {_q(f'g{i}', dialect)}" for i, k in enumerate(keys)]
     args: dict[str, str] = {}
+    #: Per measurement: what the inner query computes for it, and whether that is a snapshot's
+    #: precomputed fixed-point term (summed as it is) rather than the row expression itself.
+    inputs: list[tuple[str, bool] | None] = []
     for m in measurements:
-        if m.arg is not None and m.arg.sql not in args:
-            args[m.arg.sql] = f"a{len(args)}"
-            inner_cols.append(f"{m.arg.sql} AS {_q(args[m.arg.sql], dialect)}")
+        source = _input(m, table, dialect, precomputed if prebounded else frozenset())
+        inputs.append(source)
+        if source is not None and source[0] not in args:
+            args[source[0]] = f"a{len(args)}"
+            inner_cols.append(f"{source[0]} AS {_q(args[source[0]], dialect)}")
     unit_sql = base_column(unit).sql(dialect=dialect)
     all_cols = [base_column(c).sql(dialect=dialect) for c in table.columns.values()]
     where = f"{unit_sql} IS NOT NULL"
@@ -87,9 +98,12 @@ def bound_and_emit(
         )
         kept = f" WHERE __pg_rank <= {int(max_rows_per_unit)}"
     outer: list[str] = [f"{_q(f'g{i}', dialect)} AS k{i}" for i in range(len(keys))]
-    for i, m in enumerate(measurements):
-        arg = _q(args[m.arg.sql], dialect) if m.arg is not None else ""
-        outer.append(f"{measurement_sql(m, arg, dialect)} AS m{i}")
+    for i, (m, source) in enumerate(zip(measurements, inputs, strict=True)):
+        arg = _q(args[source[0]], dialect) if source is not None else ""
+        if source is not None and source[1]:
+            outer.append(f"SUM({arg}) AS m{i}")
+        else:
+            outer.append(f"{measurement_sql(m, arg, dialect)} AS m{i}")
     if with_units:
         outer.append(f"COUNT(DISTINCT __pg_unit) AS {UNITS_COLUMN}")
     group = group_by(len(keys), dialect)
@@ -161,6 +175,89 @@ def snapshot_select(
     )
 
 
+def _input(
+    m: MeasurementDraft, table: CatalogTable, dialect: str, precomputed: frozenset[str]
+) -> tuple[str, bool] | None:
+    """What the inner query computes for ``m`` (None for COUNT(*) and COUNT of units).
+
+    Two shortcuts, each giving exactly the value the plain form gives:
+    - ``COUNT(column)`` counts the column itself: a bare column's row value (clamped, cast to
+      double, or as it is) is NULL exactly when the column is, so the counts are equal, and the
+      engine does not evaluate the clamp only to test it for NULL.
+    - ``SUM(measure)`` on a bounded snapshot that stores the measure's fixed-point term (the
+      same deterministic function of the same row, computed when the snapshot was built) sums
+      the stored term.
+    """
+    if m.arg is None:
+        return None
+    col = m.arg.column
+    if col is not None and m.kind is MeasurementKind.COUNT:
+        return base_column(col).sql(dialect=dialect), False
+    if col is not None and m.kind is MeasurementKind.SUM and precomputed:
+        term = _sum_term_of(col, dialect)
+        if term is not None:
+            name, draft = term
+            # The very SUM the snapshot stored the term for: the bare clamped column, the same
+            # interval and the same fixed point (anything else is computed here, per row).
+            same = draft.arg is not None and (draft.arg.sql, draft.fixed_point, draft.clamp) == (
+                m.arg.sql,
+                m.fixed_point,
+                m.clamp,
+            )
+            if same and f"{table.name.lower()}.{name}" in precomputed:
+                return f"{BASE}.{_q(name, dialect)}", True
+    return m.arg.sql, False
+
+
+def _sum_term_of(col: CatalogColumn, dialect: str) -> tuple[str, MeasurementDraft] | None:
+    """The name a snapshot gives ``SUM(col)``'s fixed-point term, and that SUM's draft; None
+    when the column is not a bounded measure that can be summed."""
+    if col.cls is not ColumnClass.MEASURE or col.bounds is None:
+        return None
+    try:
+        draft = sum_draft(measure_value(col, dialect))
+    except MeasureMisuse:
+        return None
+    # Named by a digest of the term's definition (DuckDB form, whatever the engine): a snapshot
+    # built under other bounds holds other names, never used for this policy.
+    duck = measure_value(col, "duckdb")
+    definition = sum_term(sum_draft(duck), duck.sql)
+    digest = hashlib.sha256(f"{col.name.lower()}|{definition}".encode()).hexdigest()[:10]
+    return f"__pg_sum_{digest}", draft
+
+
+def precomputed_sums(table: CatalogTable, dialect: str) -> dict[str, str]:
+    """The fixed-point terms a bounded snapshot of ``table`` stores: name → the SQL computing it
+    from a row of the table aliased ``__pg_t`` (one per summable bounded measure column)."""
+    out: dict[str, str] = {}
+    for col in table.visible_columns():
+        term = _sum_term_of(col, dialect)
+        if term is not None and term[0] not in table.columns:  # (a column of that name: none)
+            name, draft = term
+            assert draft.arg is not None
+            out[name] = sum_term(draft, draft.arg.sql, dialect)
+    return out
+
+
+def sum_term(m: MeasurementDraft, arg: str, dialect: str = "duckdb") -> str:
+    """One row's fixed-point term of a SUM: the row value clamped again to the SUM's interval,
+    times ``fixed_point``, rounded to an integer (a 128-bit DECIMAL on Spark, below)."""
+    assert m.clamp is not None
+    low, high = m.clamp
+    # GREATEST/LEAST skip NULLs in DuckDB (and PostgreSQL): without the CASE a NULL would be
+    # summed as `low`. NaN and ±inf are clamped into [low, high].
+    clamped = (
+        f"CASE WHEN {arg} IS NULL THEN NULL ELSE LEAST(GREATEST({arg}, {low!r}), {high!r}) END"
+    )
+    if dialect == "spark":
+        # Spark's SUM of BIGINT stays BIGINT: past 2^63 it raises under ANSI mode (an error that
+        # depends on the data) or wraps around without it. A DECIMAL(38, 0) sum holds any sum of
+        # terms bounded by MAX_PER_ROW (DuckDB sums BIGINT into HUGEINT, PostgreSQL into NUMERIC).
+        # Spark's ROUND of a DOUBLE rounds half away from zero, as DuckDB's does.
+        return f"CAST(ROUND(({clamped}) * {m.fixed_point}) AS DECIMAL(38, 0))"
+    return f"CAST(ROUND(({clamped}) * {m.fixed_point}) AS BIGINT)"
+
+
 def measurement_sql(m: MeasurementDraft, arg: str, dialect: str = "duckdb") -> str:
     if m.kind is MeasurementKind.COUNT:
         return "COUNT(*)" if m.arg is None else f"COUNT({arg})"
@@ -184,15 +281,4 @@ def measurement_sql(m: MeasurementDraft, arg: str, dialect: str = "duckdb") -> s
             return f"collect_list(CAST({value} AS DOUBLE))"
         return f"list(CAST({value} AS DOUBLE))"
     assert m.kind is MeasurementKind.SUM
-    # GREATEST/LEAST skip NULLs in DuckDB (and PostgreSQL): without the CASE a NULL would be
-    # summed as `low`. NaN and ±inf are clamped into [low, high].
-    clamped = (
-        f"CASE WHEN {arg} IS NULL THEN NULL ELSE LEAST(GREATEST({arg}, {low!r}), {high!r}) END"
-    )
-    if dialect == "spark":
-        # Spark's SUM of BIGINT stays BIGINT: past 2^63 it raises under ANSI mode (an error that
-        # depends on the data) or wraps around without it. A DECIMAL(38, 0) sum holds any sum of
-        # terms bounded by MAX_PER_ROW (DuckDB sums BIGINT into HUGEINT, PostgreSQL into NUMERIC).
-        # Spark's ROUND of a DOUBLE rounds half away from zero, as DuckDB's does.
-        return f"SUM(CAST(ROUND(({clamped}) * {m.fixed_point}) AS DECIMAL(38, 0)))"
-    return f"SUM(CAST(ROUND(({clamped}) * {m.fixed_point}) AS BIGINT))"
+    return f"SUM({sum_term(m, arg, dialect)})"

@@ -66,6 +66,29 @@ def double(dialect: str) -> str:
     return "DOUBLE PRECISION" if dialect == "postgres" else "DOUBLE"
 
 
+def measure_value(col: CatalogColumn, dialect: str, source: str = "") -> RowValue:
+    """A bounded measure column as read inside an aggregate: clamped to its declared bounds.
+
+    Whatever the data hold, the value lies in ``[low, high]`` (NaN and ±inf included:
+    ``GREATEST(NaN, low)`` is NaN, ``LEAST(NaN, high)`` is high), and it is NULL exactly when the
+    column is. A bounded snapshot precomputes sums of this very expression
+    (:func:`rewriter.rules.bound_and_emit.precomputed_sums`).
+    """
+    assert col.bounds is not None
+    if col.type not in _NUMERIC:
+        raise MeasureMisuse(f"measure {col.name} is not numeric")
+    ref = base_column(col).sql(dialect=dialect)
+    low, high = float(col.bounds[0]), float(col.bounds[1])
+    clamped = (
+        f"(CASE WHEN {ref} IS NULL THEN NULL ELSE LEAST(GREATEST("
+        f"CAST({ref} AS {double(dialect)}), {_num(low)}), {_num(high)}) END)"
+    )
+    kind = LogicalType.INTEGER if col.type is LogicalType.INTEGER else LogicalType.FLOAT
+    if kind is LogicalType.INTEGER and not (low.is_integer() and high.is_integer()):
+        kind = LogicalType.FLOAT
+    return RowValue(clamped, kind, low, high, source or col.name, col)
+
+
 def _num(value: float) -> str:
     if float(value).is_integer() and abs(value) < 2**53:
         return str(int(value))
@@ -180,19 +203,7 @@ class RowCompiler:
             raise Unsupported(f"column {col.name} cannot be used in {where}")
         ref = base_column(col).sql(dialect=self._dialect)
         if col.cls is ColumnClass.MEASURE and col.bounds is not None:
-            if col.type not in _NUMERIC:
-                raise MeasureMisuse(f"measure {col.name} is not numeric")
-            low, high = float(col.bounds[0]), float(col.bounds[1])
-            # Clamped where it is read: whatever the data hold, the value lies in [low, high]
-            # (NaN and ±inf included: GREATEST(NaN, low) is NaN, LEAST(NaN, high) is high).
-            clamped = (
-                f"(CASE WHEN {ref} IS NULL THEN NULL ELSE LEAST(GREATEST("
-                f"CAST({ref} AS {double(self._dialect)}), {_num(low)}), {_num(high)}) END)"
-            )
-            kind = LogicalType.INTEGER if col.type is LogicalType.INTEGER else LogicalType.FLOAT
-            if kind is LogicalType.INTEGER and not (low.is_integer() and high.is_integer()):
-                kind = LogicalType.FLOAT
-            return RowValue(clamped, kind, low, high, source, col)
+            return measure_value(col, self._dialect, source)
         if col.type in _NUMERIC:
             return RowValue(
                 f"CAST({ref} AS {double(self._dialect)})", col.type, -INF, INF, source, col
