@@ -91,7 +91,12 @@ class PostgresWarehouse:
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
         #: (snapshot serving or None, the tables it bounds and their K): swapped as one reference.
-        self._serving: tuple[PgSnapshotInfo | None, Mapping[str, int]] = (None, {})
+        #: (the snapshot serving, its bounded tables and K, its stored terms): swapped as one.
+        self._serving: tuple[PgSnapshotInfo | None, Mapping[str, int], frozenset[str]] = (
+            None,
+            {},
+            frozenset(),
+        )
         self._role = ""
         try:
             self._check_role()
@@ -163,14 +168,13 @@ class PostgresWarehouse:
 
     def use_snapshot(self, info: PgSnapshotInfo) -> None:
         """Serve statements without parameters from the snapshot schema ``info`` from now on."""
-        self._serving = (info, info.bounded())
+        self._serving = (info, info.bounded(), info.precomputed())
 
     def prebounded(self) -> Mapping[str, int]:
         return self._serving[1]
 
     def precomputed(self) -> frozenset[str]:
-        info = self._serving[0]
-        return frozenset() if info is None else info.precomputed()
+        return self._serving[2]  # computed once per swap, not per query
 
     def source_version(self) -> str:
         """The data version of the source schema (its write counters and columns)."""

@@ -115,7 +115,12 @@ class SparkWarehouse:
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
         #: (snapshot serving or None, the tables it bounds and their K): swapped as one reference.
-        self._serving: tuple[SparkSnapshotInfo | None, Mapping[str, int]] = (None, {})
+        #: (the snapshot serving, its bounded tables and K, its stored terms): swapped as one.
+        self._serving: tuple[SparkSnapshotInfo | None, Mapping[str, int], frozenset[str]] = (
+            None,
+            {},
+            frozenset(),
+        )
 
     @property
     def database(self) -> str:
@@ -131,14 +136,13 @@ class SparkWarehouse:
 
     def use_snapshot(self, info: SparkSnapshotInfo) -> None:
         """Serve statements without parameters from the snapshot database ``info`` from now on."""
-        self._serving = (info, info.bounded())
+        self._serving = (info, info.bounded(), info.precomputed())
 
     def prebounded(self) -> Mapping[str, int]:
         return self._serving[1]
 
     def precomputed(self) -> frozenset[str]:
-        info = self._serving[0]
-        return frozenset() if info is None else info.precomputed()
+        return self._serving[2]  # computed once per swap, not per query
 
     def source_version(self) -> str:
         """The data version of the source database (its tables, columns and files)."""
@@ -230,7 +234,7 @@ class SparkWarehouse:
         """Run one query; ``parameters`` bind its ``?`` markers (the salt). See
         :meth:`gateway.warehouse.DuckDBWarehouse.execute` for ``before_execute``."""
         _require_query(sql)
-        info, bounded = self._serving
+        info, bounded, _ = self._serving
         if info is not None and not parameters:
             # Planned as pre-bounded: the snapshot's bounded tables, the source's public ones.
             sql = _qualify(sql, info.database, bounded, self._database)

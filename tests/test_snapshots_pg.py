@@ -151,7 +151,7 @@ def test_snapshot_gives_the_per_query_aggregates(
         assert snap.warehouse_sql.count("__pg_sum_") == 2  # the stored terms of both sums
         got = warehouse.execute(snap.warehouse_sql, []).rows
     finally:
-        warehouse._serving = (None, {})
+        warehouse._serving = (None, {}, frozenset())
     assert sorted(got, key=repr) == sorted(expected, key=repr)
 
 
