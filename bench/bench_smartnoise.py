@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -277,6 +278,12 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="SmartNoise's venv")
     parser.add_argument("--snsql-spec", default="smartnoise-sql", help="what pip installs")
     parser.add_argument("--data", type=Path, default=PUMS_DIR, help="PUMS_pid.csv/.yaml here")
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=1,
+        help="consecutive runs of one system before the other takes its turn (1: alternate)",
+    )
     args = parser.parse_args()
 
     python = ensure_venv(args.venv, args.snsql_spec)
@@ -360,27 +367,38 @@ def _run_all(
             )
             r[variant] = {"setup": setup, "errors": [], "seconds": []}
         charged: set[str] = set()
-        for i in range(-3, args.repeat):  # three warm-up runs of each
-            counter += 1
-            eps = str(args.epsilon + Decimal(counter) * Decimal("1e-9"))
-            start = time.perf_counter()
-            env = services.queries.run(QueryRequest(sql=pg_sql, epsilon=eps), ctx)
-            took = time.perf_counter() - start
-            assert not env["cached"], "a replay: the ε was not fresh"
-            if i >= 0:
-                r["privgate"]["seconds"].append(took)
-                r["privgate"]["errors"] += abs_errors(privgate_answer(env, grouped), exact[name])
-                charged.add(f"{env['epsilon_charged']} (δ {env['delta_charged']})")
+        block = max(1, args.block)
+        for start_i in range(-3, args.repeat, block):  # three warm-up runs of each
+            runs = range(start_i, min(start_i + block, args.repeat))
+            for i in runs:
+                counter += 1
+                eps = str(args.epsilon + Decimal(counter) * Decimal("1e-9"))
+                start = time.perf_counter()
+                env = services.queries.run(QueryRequest(sql=pg_sql, epsilon=eps), ctx)
+                took = time.perf_counter() - start
+                assert not env["cached"], "a replay: the ε was not fresh"
+                if i >= 0:
+                    r["privgate"]["seconds"].append(took)
+                    r["privgate"]["errors"] += abs_errors(
+                        privgate_answer(env, grouped), exact[name]
+                    )
+                    charged.add(f"{env['epsilon_charged']} (δ {env['delta_charged']})")
             for variant in variants:
                 if "refused" in r[variant]["setup"]:
                     continue
-                reply = sn.call(op="run", id=f"{variant}:{name}")
-                if i >= 0:
-                    r[variant]["seconds"].append(reply["seconds"])
-                    r[variant]["errors"] += abs_errors(reply["answer"], exact[name])
+                for i in runs:
+                    reply = sn.call(op="run", id=f"{variant}:{name}")
+                    if i >= 0:
+                        r[variant]["seconds"].append(reply["seconds"])
+                        r[variant]["errors"] += abs_errors(reply["answer"], exact[name])
         r["privgate"]["charged"] = sorted(charged)[:1] + (["…"] if len(charged) > 1 else [])
         results[name] = r
     return results
+
+
+def _geomean(values: list[float]) -> float:
+    finite = [v for v in values if v > 0 and math.isfinite(v)]
+    return statistics.geometric_mean(finite) if len(finite) == len(values) else math.nan
 
 
 def _print(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
@@ -415,17 +433,18 @@ def _print(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
             pg_ms = statistics.median(r["privgate"]["seconds"]) * 1000
             sn_ms = statistics.median(r[variant]["seconds"]) * 1000
             exact = ", ".join(f"{v:.6g}" for v in r["exact"].values())
-            ratios_mae.append(pg_mae / sn_mae)
+            mae_ratio = pg_mae / sn_mae if sn_mae > 0 else math.nan  # 0: a lucky short run
+            ratios_mae.append(mae_ratio)
             ratios_lat.append(sn_ms / pg_ms)
             print(
                 f"{name:26s} {exact:>22s} {pg_mae:8.4g}±{pg_se:<5.2g} {sn_mae:7.4g}±{sn_se:<5.2g}"
-                f"{pg_mae / sn_mae:9.2f}x {pg_ms:10.2f} {sn_ms:10.2f} {sn_ms / pg_ms:6.1f}x"
+                f"{mae_ratio:9.2f}x {pg_ms:10.2f} {sn_ms:10.2f} {sn_ms / pg_ms:6.1f}x"
             )
         if not ratios_mae:
             continue
         print(
             f"{'geometric mean':26s} {'':>22s} {'':>14s} {'':>12s} "
-            f"{statistics.geometric_mean(ratios_mae):9.2f}x {'':>10s} {'':>10s} "
+            f"{_geomean(ratios_mae):9.2f}x {'':>10s} {'':>10s} "
             f"{statistics.geometric_mean(ratios_lat):6.1f}x"
         )
     print(

@@ -161,12 +161,19 @@ def explain(plan: QueryPlan) -> dict[str, Any]:
             )
             if o.kind is OutputKind.AVG and o.denominator is not None:
                 d = measurements[o.denominator]
-                entry["mechanism"] = "discrete_laplace sum / discrete_laplace count"
+                centred = m.center_count is not None
+                entry["mechanism"] = (
+                    "discrete_laplace centred sum / discrete_laplace count"
+                    if centred
+                    else "discrete_laplace sum / discrete_laplace count"
+                )
                 entry["denominator_scale"] = calibrate(d.sensitivity, d.epsilon).scale
                 entry["epsilon"] = fraction_str(m.epsilon + d.epsilon)
+                offset = f"(avg - {m.center / m.fixed_point:g})" if centred else "avg"
                 entry["expected_ci95"] = (
-                    "varies with the count: ±(sum noise + avg × count noise) / count, clamped to "
-                    f"[{o.bounds[0] if o.bounds else ''}, {o.bounds[1] if o.bounds else ''}]"
+                    f"varies with the count: ±(sum noise + {offset} × count noise) / count, "
+                    f"clamped to [{o.bounds[0] if o.bounds else ''}, "
+                    f"{o.bounds[1] if o.bounds else ''}]"
                 )
             else:
                 entry["expected_ci95_halfwidth"] = cal.ci95_halfwidth / m.fixed_point

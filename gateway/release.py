@@ -2,10 +2,10 @@
 
 Order of operations: (1) decide which groups are released — the declared public domain in full
 (zero-filled), or the groups whose noisy distinct-unit count passes the threshold; (2) add discrete
-Laplace noise to every measurement over the released groups; (3) post-process: fixed-point scaling,
-AVG = noisy SUM / noisy COUNT clamped to the bounds, counts floored at 0, ORDER BY, LIMIT. Steps 3
-read only noisy values. True values never leave this module: they are not returned, logged or
-audited.
+Laplace noise to every measurement over the released groups (an AVG's SUM centred on its
+interval's midpoint); (3) post-process: fixed-point scaling, AVG = noisy SUM / noisy COUNT clamped
+to the bounds, counts floored at 0, ORDER BY, LIMIT. Step 3 reads only noisy values. True values
+never leave this module: they are not returned, logged or audited.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import datetime as dt
 import decimal
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -142,6 +142,12 @@ def release(plan: QueryPlan, result: ResultSet) -> Released:
             threshold_scale=spec.scale,
             released=len(groups),
         )
+    for m in plan.measurements:
+        if m.center_count is not None:
+            counts = values[m.center_count]
+            values[m.column] = [
+                centred(m, s, n) for s, n in zip(values[m.column], counts, strict=True)
+            ]
     noisy: dict[str, list[Any]] = {
         m.column: release_quantile(m, values[m.column])
         for m in plan.measurements
@@ -271,6 +277,8 @@ def _cell(
         value = max(noisy[m.column][g], 0)
         half = cal.ci95_halfwidth
         return value, [max(value - half, 0.0), value + half]
+    if out.kind is not OutputKind.AVG:
+        assert m.center_count is None, "only an AVG reads a centred sum"
     if out.kind is OutputKind.SUM:
         raw = noisy[m.column][g]
         half = cal.ci95_halfwidth / m.fixed_point
@@ -281,18 +289,23 @@ def _cell(
     if out.kind is OutputKind.QUANTILE:
         return noisy[m.column][g], None
     # AVG: noisy sum / noisy count, clamped to the declared bounds (post-processing).
+    # A centred sum (center != 0) adds up (term - center): the mean is center + that / count.
     d = measurements[out.denominator]
+    assert m.center_count in (None, d.column)
+    offset = m.center / m.fixed_point
     total = noisy[m.column][g] / m.fixed_point
     count = noisy[d.column][g]
     low, high = out.bounds
-    value = min(max(total / max(count, 1), low), high)
+    value = min(max(offset + total / max(count, 1), low), high)
     # 95 % by a union bound over the two 97.5 % noise intervals (noise only, not bounding bias).
     s_half = accuracy(calibrate(m.sensitivity, m.epsilon).scale, 0.025) / m.fixed_point
     c_half = accuracy(calibrate(d.sensitivity, d.epsilon).scale, 0.025)
     if count - c_half <= 0:
         return value, [low, high]
     corners = [
-        s / c for s in (total - s_half, total + s_half) for c in (count - c_half, count + c_half)
+        offset + s / c
+        for s in (total - s_half, total + s_half)
+        for c in (count - c_half, count + c_half)
     ]
     return value, [max(min(corners), low), min(max(corners), high)]
 
@@ -349,7 +362,11 @@ def _column_info(plan: QueryPlan, i: int, measurements: dict[str, Measurement]) 
         d = measurements[out.denominator]
         denominator_scale = calibrate(d.sensitivity, d.epsilon).scale
         eps = eps + d.epsilon
-        mechanism = "discrete_laplace sum / discrete_laplace count"
+        mechanism = (
+            "discrete_laplace sum / discrete_laplace count"
+            if m.center_count is None
+            else "discrete_laplace centred sum / discrete_laplace count"
+        )
         half = None
     else:
         mechanism = "discrete_laplace"
@@ -413,6 +430,21 @@ def _norm(value: Any) -> Any:
     if isinstance(value, dt.date):  # datetimes too (a subclass)
         return value.isoformat()
     return value
+
+
+def centred(m: Measurement, total: int, count: int) -> int:
+    """A centred sum's exact value (an AVG's numerator): the sum of (term - center) over the
+    rows its COUNT counts, from the group's two exact integers, before any noise."""
+    return total - m.center * count
+
+
+def exact_value(m: Measurement, row: Mapping[str, Any]) -> int:
+    """The exact integer the noise is added to for measurement ``m`` (not a quantile), from one
+    warehouse result row by column name (a group the warehouse did not return: 0)."""
+    total = _int(row.get(m.column))
+    if m.center_count is None:
+        return total
+    return centred(m, total, _int(row.get(m.center_count)))
 
 
 def _true(m: Measurement, value: Any) -> Any:

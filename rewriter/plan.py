@@ -44,6 +44,12 @@ class Measurement:
     #: QUANTILE: the quantile (0 < alpha < 1) and the candidate grid over the declared bounds.
     alpha: float | None = None
     candidates: tuple[float, ...] = ()
+    #: SUM released centred (an AVG's numerator): the noisy quantity is the sum of (term -
+    #: ``center``) over the rows the COUNT measurement ``center_count`` counts, computed at
+    #: release from the two exact integers as SUM - center * COUNT; ``sensitivity`` is that of
+    #: the centred terms (docs/privacy-model.md, "Centred sums for AVG").
+    center: int = 0
+    center_count: str | None = None
 
 
 class OutputKind(StrEnum):

@@ -40,6 +40,7 @@ from rewriter.rules.shape_aggregates import (
     MeasurementDraft,
     OutputDraft,
     Shape,
+    centred_sum,
     shape_aggregates,
     sum_sensitivity,
 )
@@ -203,17 +204,9 @@ def _protected_plan(
         tree, resolution, dialect=request.dialect, unit=unit, redact=True
     )
     redacted_sql = emit(redacted_shape, _redacted(predicate), needs_threshold, True)
+    centred = _centred_sums(shape)
     measurements = tuple(
-        Measurement(
-            column=f"m{i}",
-            kind=m.kind,
-            sensitivity=sum_sensitivity(m, k, grouped=bool(shape.keys)),
-            epsilon=share,
-            fixed_point=m.fixed_point,
-            description=_describe(m.kind.value, m.source, m.clamp) + (f" [{note}]" if note else ""),
-            alpha=m.alpha,
-            candidates=quantile_candidates(m) if m.alpha is not None else (),
-        )
+        _measurement(i, m, k, bool(shape.keys), share, note, centred.get(i))
         for i, m in enumerate(shape.measurements)
     )
     delta = to_fraction(dataset.defaults.delta) if needs_threshold else Fraction(0)
@@ -334,6 +327,58 @@ def _epsilon(requested: float | str | None, default: float, query_max: object) -
     if eps > 100:
         raise InvalidEpsilon("epsilon above 100 gives no meaningful protection")
     return eps
+
+
+def _centred_sums(shape: Shape) -> dict[int, int]:
+    """The SUM measurements released centred: sum index → its AVG's COUNT measurement index.
+
+    A sum is centred when only AVG outputs read it (a SUM, VAR or STDDEV output of the same
+    argument needs the plain sum, and then the AVG reads that one: one measurement, not two).
+    An AVG's sum and count are drafted from the same row value, so every AVG reading a sum
+    reads the same count.
+    """
+    every = (*shape.outputs, *shape.hidden)
+    plain = {o.measurement for o in every if o.kind is not OutputKind.AVG}
+    out: dict[int, int] = {}
+    for o in every:
+        if o.kind is OutputKind.AVG and o.measurement not in plain:
+            assert o.measurement is not None and o.denominator is not None
+            assert out.setdefault(o.measurement, o.denominator) == o.denominator
+    return out
+
+
+def _measurement(
+    i: int,
+    m: MeasurementDraft,
+    k: int,
+    grouped: bool,
+    share: Fraction,
+    note: str,
+    count: int | None,
+) -> Measurement:
+    """Measurement ``i`` of the plan; ``count``: release it as a centred sum (its AVG's COUNT)."""
+    description = _describe(m.kind.value, m.source, m.clamp)
+    sensitivity = sum_sensitivity(m, k, grouped=grouped)
+    center = 0
+    if count is not None:
+        center, centred_sensitivity = centred_sum(m, k)
+        if center != 0 and centred_sensitivity < sensitivity:
+            sensitivity = centred_sensitivity
+            description += f", centred at {center / m.fixed_point:g}"
+        else:
+            center, count = 0, None  # nothing to gain (an interval centred on zero)
+    return Measurement(
+        column=f"m{i}",
+        kind=m.kind,
+        sensitivity=sensitivity,
+        epsilon=share,
+        fixed_point=m.fixed_point,
+        description=description + (f" [{note}]" if note else ""),
+        alpha=m.alpha,
+        candidates=quantile_candidates(m) if m.alpha is not None else (),
+        center=center,
+        center_count=None if count is None else f"m{count}",
+    )
 
 
 def _describe(kind: str, column: str, clamp: tuple[int | float, int | float] | None) -> str:

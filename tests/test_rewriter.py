@@ -534,8 +534,11 @@ def test_avg_is_a_sum_over_a_count(catalog: Catalog) -> None:
     by_name = {m.column: m for m in p.measurements}
     assert out.measurement is not None and out.denominator is not None
     num, den = by_name[out.measurement], by_name[out.denominator]
-    assert (num.kind, num.sensitivity, num.fixed_point) == (MeasurementKind.SUM, 25_000_000, 1000)
-    assert (den.kind, den.sensitivity) == (MeasurementKind.COUNT, 5)
+    # The sum is centred on the interval's midpoint, 2,500 (2,500,000 in fixed point): each of
+    # a unit's 5 rows moves it by at most 2,500,000, half of the plain sum's 5,000,000.
+    assert (num.kind, num.sensitivity, num.fixed_point) == (MeasurementKind.SUM, 12_500_000, 1000)
+    assert (num.center, num.center_count) == (2_500_000, den.column)
+    assert (den.kind, den.sensitivity, den.center_count) == (MeasurementKind.COUNT, 5, None)
     # Non-null costs, not all rows: the column itself, NULL exactly when its clamp is.
     assert '__pg_t."cost" AS "a1"' in p.warehouse_sql and 'COUNT("a1")' in p.warehouse_sql
     assert 'END) AS "a0"' in p.warehouse_sql
@@ -554,6 +557,28 @@ def test_repeated_aggregates_are_measured_once(catalog: Catalog) -> None:
     assert all(m.epsilon == Fraction(1, 5) for m in p.measurements)
     assert p.outputs[0].measurement == p.outputs[1].measurement
     assert p.outputs[2].measurement == p.outputs[3].measurement
+    # The SUM output needs the plain sum, so the AVG reads it too: nothing is centred.
+    assert p.measurements[1].sensitivity == 25_000_000
+    assert all((m.center, m.center_count) == (0, None) for m in p.measurements)
+
+
+@pytest.mark.parametrize(
+    ("sql", "centred"),
+    [
+        ("SELECT AVG(cost) AS a, AVG(cost) AS b FROM visits", True),  # one sum, one count
+        ("SELECT AVG(cost) AS a, VARIANCE(cost) AS v FROM visits", False),  # VAR: plain sum
+        ("SELECT AVG(cost) * 2 AS a FROM visits", True),  # a hidden AVG in a formula
+        ("SELECT AVG(cost) AS a FROM visits HAVING SUM(cost) > 10", False),  # hidden SUM
+    ],
+)
+def test_a_sum_is_centred_only_when_only_an_avg_reads_it(
+    catalog: Catalog, sql: str, centred: bool
+) -> None:
+    p = plan(catalog, sql, epsilon="0.6")
+    sums = [m for m in p.measurements if m.kind is MeasurementKind.SUM]
+    assert len(sums) == (2 if "VARIANCE" in sql else 1)  # VARIANCE adds SUM(cost * cost)
+    assert (sums[0].center_count is not None) is centred
+    assert sums[0].sensitivity == (12_500_000 if centred else 25_000_000)
 
 
 @pytest.mark.parametrize(

@@ -581,6 +581,28 @@ def _fix_tree(tree: tuple[Any, ...], n_visible: int) -> tuple[Any, ...]:
     return (tree[0], *(_fix_tree(t, n_visible) if isinstance(t, tuple) else t for t in tree[1:]))
 
 
+def centred_sum(draft: MeasurementDraft, rows_per_unit: int) -> tuple[int, int]:
+    """The centre of a SUM's fixed-point terms and the L1 sensitivity of the centred sum.
+
+    A row's term is ``ROUND(clamp(x) * fixed_point)``, an integer in [lo, hi] with lo =
+    floor(low * fixed_point) and hi = ceil(high * fixed_point). Centred at the integer c = (lo +
+    hi) // 2, it lies in [lo - c, hi - c], so one unit's at most ``rows_per_unit`` rows move the
+    centred sum, over the whole vector of groups, by at most rows_per_unit * max(c - lo, hi - c)
+    — about half of :func:`sum_sensitivity` when the interval lies on one side of zero.
+
+    >>> centred_sum(MeasurementDraft(MeasurementKind.SUM, None, 1, (0, 500000)), 1)
+    (250000, 250000)
+    """
+    assert draft.kind is MeasurementKind.SUM and draft.clamp is not None
+    low, high = draft.clamp
+    # The same double products the warehouse rounds (its clamp literals are these floats, and a
+    # correctly rounded product is monotone in x): no term lies outside [lo, hi].
+    lo = math.floor(low * draft.fixed_point)
+    hi = math.ceil(high * draft.fixed_point)
+    center = (lo + hi) // 2
+    return center, rows_per_unit * max(center - lo, hi - center, 1)
+
+
 def sum_sensitivity(draft: MeasurementDraft, rows_per_unit: int, grouped: bool = True) -> int:
     """L1 sensitivity of a measurement over the whole vector of groups, in integer units.
 

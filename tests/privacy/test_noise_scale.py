@@ -122,3 +122,41 @@ def test_release_keys_rate_matches_the_claimed_scale(threshold_spec: tuple[int, 
     pvalue = {f: stats.binomtest(kept, N, p_release(scale * f)).pvalue for f in (1.0, 0.7, 1.3)}
     assert pvalue[1.0] > ALPHA_ACCEPT, pvalue
     assert pvalue[0.7] < ALPHA_REJECT and pvalue[1.3] < ALPHA_REJECT, pvalue
+
+
+@pytest.fixture(scope="module")
+def centred_avg() -> tuple[list[int], float, float]:
+    """N draws of the noise on ``AVG(cost)``'s centred sum, its integer scale, and the scale the
+    plain (uncentred) sum would have had."""
+    doc = policy_document(batches=N, epsilon=0.5, delta=1e-7, max_rows=5)
+    doc["datasets"]["audit"]["tables"]["visits"]["columns"]["cost"]["bounds"] = [0, 0.004]
+    p = plan(
+        "SELECT batch, AVG(cost) AS a, COUNT(cost) AS n FROM visits GROUP BY batch",
+        catalog_for(doc),
+    )
+    s, c = p.measurements
+    assert (s.center, s.center_count, c.kind.value) == (2, c.column, "count")
+    plain = calibrate(s.sensitivity * 2, s.epsilon).scale  # terms in [0, 4]: |t - 2| <= 2
+    # 150 rows per batch at the centre, 0.002: the centred sum is 0 and the count 150, far from
+    # the AVG's clamp (|noise| > 300 = 15 scales) and the count's floor at 0.
+    result = true_result(
+        p, [rows_sql(batches=N, units=50, rows_per_unit=3, unit_offset=0, cost="0.002")]
+    )
+    assert {(row[1], row[2]) for row in result.rows} == {(300, 150)}  # exact SUM, COUNT
+    released = release(p, result)
+    assert released.columns[1].mechanism == "discrete_laplace centred sum / discrete_laplace count"
+    # a = 0.002 + noisy_centred / 1000 / n, with n the released noisy count (never floored here).
+    noise = [round((row[1] - 0.002) * 1000 * row[2]) for row in released.rows]
+    return noise, calibrate(s.sensitivity, s.epsilon).scale, plain
+
+
+def test_avg_adds_noise_of_the_centred_scale(
+    centred_avg: tuple[list[int], float, float],
+) -> None:
+    """Pass: the AVG's numerator carries noise of the centred sum's scale (K · 2 / (ε / 2) = 40),
+    and not that of the plain sum (80): the χ² test accepts the first and rejects the second."""
+    noise, scale, plain = centred_avg
+    assert (scale, plain) == (pytest.approx(40.0), pytest.approx(80.0))
+    assert chi2_pvalue(noise, scale) > ALPHA_ACCEPT
+    assert chi2_pvalue(noise, plain) < ALPHA_REJECT
+    assert chi2_pvalue(noise, scale * 0.7) < ALPHA_REJECT
