@@ -1,12 +1,15 @@
 """Accuracy and latency of privgate versus SmartNoise SQL at equal ε, same data, same queries.
 
-    ./dev bench smartnoise [--repeat 200] [--epsilon 1.0] [--venv /tmp/privgate-snsql-venv]
+    ./dev bench smartnoise [--repeat 200] [--epsilon 1.0] [--block 1] [--venv /tmp/privgate-snsql-venv]
 
 SmartNoise SQL runs in its own virtual environment (it pins an older OpenDP than privgate's),
 created on first use with ``pip install smartnoise-sql`` (``--snsql-spec`` to pin another
 version), as a worker subprocess fed one JSON command per line; privgate runs in this process
 through ``QueryService.run`` (plan, reserve, bounded SQL, noise, commit, audit; no HTTP). The two
-are called alternately, one repetition each in turn, so a load change on the machine hits both.
+take turns, so a load change on the machine hits both: one run each by default, or ``--block N``
+runs of one system before the other's N. Alternating single runs costs the in-process system its
+CPU caches (the SmartNoise process runs in between, on a 2-core machine); blocks measure each the
+way a server runs, many queries in a row.
 
 Data: the 1,000-person PUMS sample in /work/shared/datasets/pums (``PUMS_pid.csv``, one row per
 ``pid``) with SmartNoise's own metadata (``PUMS_pid.yaml``: age 0-100, income 0-500000). privgate
@@ -22,7 +25,9 @@ printed next to privgate's charge. Two SmartNoise set-ups:
 
 * ``matched``: ``censor_dims: false``, i.e. groups released without a threshold, as privgate
   releases a public domain (and a query without GROUP BY). Mechanisms and sensitivities are then
-  the same on both sides, so equal errors are expected.
+  the same on both sides, except AVG (privgate centres its sum on the interval's midpoint, which
+  halves that sum's sensitivity here), so equal errors are expected on COUNT and SUM up to the
+  discrete (privgate) versus continuous (SmartNoise) Laplace.
 * ``default``: the metadata as shipped (``censor_dims`` on): SmartNoise also computes a noisy
   count of distinct persons per group to censor small groups, and spends part of ε on it (and δ).
 
