@@ -17,6 +17,7 @@ import opendp.prelude as dp
 from budgets.cost import fraction_str
 from budgets.errors import QueryCostTooHigh
 from gateway.noise import accuracy, calibrate, calibrate_threshold
+from gateway.release import avg_mechanism
 from rewriter.errors import Unsupported
 from rewriter.plan import OutputKind, QueryPlan
 
@@ -162,11 +163,7 @@ def explain(plan: QueryPlan) -> dict[str, Any]:
             if o.kind is OutputKind.AVG and o.denominator is not None:
                 d = measurements[o.denominator]
                 centred = m.center_count is not None
-                entry["mechanism"] = (
-                    "discrete_laplace centred sum / discrete_laplace count"
-                    if centred
-                    else "discrete_laplace sum / discrete_laplace count"
-                )
+                entry["mechanism"] = avg_mechanism(m)
                 entry["denominator_scale"] = calibrate(d.sensitivity, d.epsilon).scale
                 entry["epsilon"] = fraction_str(m.epsilon + d.epsilon)
                 offset = f"(avg - {m.center / m.fixed_point:g})" if centred else "avg"

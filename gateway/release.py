@@ -362,11 +362,7 @@ def _column_info(plan: QueryPlan, i: int, measurements: dict[str, Measurement]) 
         d = measurements[out.denominator]
         denominator_scale = calibrate(d.sensitivity, d.epsilon).scale
         eps = eps + d.epsilon
-        mechanism = (
-            "discrete_laplace sum / discrete_laplace count"
-            if m.center_count is None
-            else "discrete_laplace centred sum / discrete_laplace count"
-        )
+        mechanism = avg_mechanism(m)
         half = None
     else:
         mechanism = "discrete_laplace"
@@ -430,6 +426,12 @@ def _norm(value: Any) -> Any:
     if isinstance(value, dt.date):  # datetimes too (a subclass)
         return value.isoformat()
     return value
+
+
+def avg_mechanism(m: Measurement) -> str:
+    """How an AVG whose numerator is ``m`` is noised (the envelope's and explain's wording)."""
+    shape = "sum" if m.center_count is None else "centred sum"
+    return f"discrete_laplace {shape} / discrete_laplace count"
 
 
 def centred(m: Measurement, total: int, count: int) -> int:

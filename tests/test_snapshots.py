@@ -24,6 +24,7 @@ from gateway.settings import demo_policy_path, load_secrets
 from gateway.snapshots import SnapshotInfo, build_snapshot, find_snapshot, snapshot_spec
 from gateway.warehouse import DuckDBWarehouse, file_version
 from rewriter.catalog import Catalog, build_catalog
+from rewriter.plan import QueryPlan
 from rewriter.planner import PlanRequest, plan_query
 from tests.conftest import Gateway
 
@@ -136,14 +137,11 @@ QUERIES = [
 ]
 
 
-@pytest.mark.parametrize("terms", [True, False], ids=["precomputed-sums", "clamped-per-row"])
-@pytest.mark.parametrize("sql", QUERIES)
-def test_same_exact_aggregates_as_per_query_bounding(
-    sql: str, terms: bool, snapshot: SnapshotInfo, demo_warehouse: Path
-) -> None:
-    catalog = _catalog(demo_warehouse)
-    per_query = plan_query(PlanRequest(sql=sql, granted=ALL, epsilon=1), catalog)
-    on_snapshot = plan_query(
+def _snapshot_plan(
+    sql: str, catalog: Catalog, snapshot: SnapshotInfo, terms: bool = True
+) -> QueryPlan:
+    """``sql`` planned for ``snapshot`` (with its stored terms, or without when not ``terms``)."""
+    return plan_query(
         PlanRequest(
             sql=sql,
             granted=ALL,
@@ -153,6 +151,16 @@ def test_same_exact_aggregates_as_per_query_bounding(
         ),
         catalog,
     )
+
+
+@pytest.mark.parametrize("terms", [True, False], ids=["precomputed-sums", "clamped-per-row"])
+@pytest.mark.parametrize("sql", QUERIES)
+def test_same_exact_aggregates_as_per_query_bounding(
+    sql: str, terms: bool, snapshot: SnapshotInfo, demo_warehouse: Path
+) -> None:
+    catalog = _catalog(demo_warehouse)
+    per_query = plan_query(PlanRequest(sql=sql, granted=ALL, epsilon=1), catalog)
+    on_snapshot = _snapshot_plan(sql, catalog, snapshot, terms)
     assert per_query.parameters and not on_snapshot.parameters  # no salt, no window
     # SUM of a bare measure (and AVG's sum) reads the stored term; SUM(cost * 2) is computed.
     sums_a_measure = re.search(r"(SUM|AVG)\((cost|los_days)\)", sql) is not None
@@ -181,16 +189,7 @@ def test_terms_built_under_other_bounds_are_never_summed(
     finally:
         wh.close()
     sql = "SELECT department, SUM(cost) AS s FROM visits GROUP BY department"
-    plan = plan_query(
-        PlanRequest(
-            sql=sql,
-            granted=ALL,
-            epsilon=1,
-            prebounded=snapshot.bounded(),
-            precomputed=snapshot.precomputed(),
-        ),
-        narrowed,
-    )
+    plan = _snapshot_plan(sql, narrowed, snapshot)
     assert not plan.parameters and "__pg_sum_" not in plan.warehouse_sql
     assert "LEAST(GREATEST" in plan.warehouse_sql
     (m,) = plan.measurements
