@@ -89,7 +89,7 @@ def parse_select(sql: str) -> exp.Select:
     if isinstance(tree, exp.Block):  # pragma: no cover - sqlglot.parse splits; parse_one does not
         raise MultipleStatements("expected one statement")
     if isinstance(tree, exp.Select):
-        return tree
+        return _canonical_negations(tree)
     if isinstance(tree, exp.SetOperation):
         raise Unsupported("UNION, INTERSECT and EXCEPT are not supported")
     if isinstance(tree, _STATEMENTS) or type(tree).__name__ in {"Command", "Kill"}:
@@ -99,6 +99,34 @@ def parse_select(sql: str) -> exp.Select:
             "a parenthesised query on its own is not supported; remove the parentheses"
         )
     raise SyntaxError_("syntax error: the text does not form a SELECT statement")
+
+
+#: Nodes sqlglot may negate with a flag instead of a NOT around them.
+_NEGATABLE = (exp.Is, exp.Like, exp.ILike)
+
+
+def _canonical_negations(tree: exp.Select) -> exp.Select:
+    """``x IS NOT NULL`` as ``NOT (x IS NULL)``, the one form of a negation the rules read.
+
+    sqlglot's PostgreSQL reader (30.x) marks ``IS NOT`` (and ``NOT LIKE``) with a ``negate``
+    flag on the node instead of wrapping it in ``NOT``; a rule that rebuilds the node from its
+    operands would drop the flag and invert the condition. Every flagged node becomes an
+    explicit ``NOT`` here, and ``allow_nodes`` refuses any flag left (fail closed).
+
+    >>> _canonical_negations(parse_select("SELECT 1 FROM t WHERE a IS NOT NULL")).sql()
+    'SELECT 1 FROM t WHERE NOT (a IS NULL)'
+    """
+
+    def unflag(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, _NEGATABLE) and node.args.get("negate"):
+            plain = node.copy()
+            plain.set("negate", None)
+            return exp.Not(this=exp.Paren(this=plain))
+        return node
+
+    out = tree.transform(unflag, copy=False)
+    assert isinstance(out, exp.Select)
+    return out
 
 
 def _first_line(exc: Exception) -> str:

@@ -244,6 +244,23 @@ CASES = [
         ["department"],
         ["department", "COUNT(*)", SUM_COST],
     ),
+    # IS NOT NULL, which sqlglot reads as a flag on IS (rewriter.parse._canonical_negations).
+    Case(
+        "SELECT department, COUNT(*), SUM(cost) FROM visits "
+        "WHERE cost IS NOT NULL AND department IS NOT NULL GROUP BY department",
+        "visits",
+        "cost IS NOT NULL AND department IS NOT NULL",
+        ["department"],
+        ["department", "COUNT(*)", SUM_COST],
+    ),
+    Case(
+        "SELECT COUNT(*), SUM(los_days) FROM visits "
+        "WHERE NOT (cost IS NOT NULL) OR (los_days IS NOT NULL AND department IS NULL)",
+        "visits",
+        "cost IS NULL OR (los_days IS NOT NULL AND department IS NULL)",
+        (),
+        ["COUNT(*)", SUM_LOS],
+    ),
     Case(
         "SELECT COUNT(*), SUM(cost) FROM visits WHERE department = 'nowhere'",
         "visits",

@@ -101,6 +101,14 @@ def test_having_order_by_limit(gateway: Gateway) -> None:
     assert all(n > 10 for n in counts)
 
 
+def test_having_is_not_null_keeps_what_is_null_drops(gateway: Gateway) -> None:
+    """sqlglot reads IS NOT NULL as a flag on IS; dropping it would invert the condition."""
+    sql = "SELECT department, COUNT(*) AS n FROM visits GROUP BY department HAVING COUNT(*) IS {}"
+    kept = {r[0] for r in ask(gateway, sql.format("NOT NULL"))["rows"]}
+    assert kept == DEPARTMENTS  # a noisy count is never NULL
+    assert ask(gateway, sql.format("NULL"))["rows"] == []
+
+
 def test_public_domain_group_by_returns_zero_counts(gateway: Gateway) -> None:
     body = ask(
         gateway,
