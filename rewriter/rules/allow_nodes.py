@@ -120,6 +120,12 @@ def allow_nodes(tree: exp.Select) -> None:
             # parse_select writes every negation as NOT (…); a flag left would be dropped by a
             # rule that rebuilds the node, inverting the condition.
             raise Unsupported(f"{node.key.upper()} with a negate flag is not supported")
+        if isinstance(node, exp.Between) and node.args.get("symmetric"):
+            # Rebuilt as a plain BETWEEN, swapped bounds would select nothing.
+            raise Unsupported(
+                "BETWEEN SYMMETRIC is not supported",
+                hint="Write BETWEEN low AND high, with the smaller bound first.",
+            )
         if isinstance(node, exp.Table) and not isinstance(node.this, exp.Identifier):
             raise TableFunction(f"table functions are not allowed: {_name(node.this)}()")
         if isinstance(node, exp.Select) and node is not tree and not _in_from(node):
