@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from gateway.composition import Services
 from gateway.errors import AuthInvalid, AuthMissing, Forbidden
+from gateway.logs import bind
 from gateway.principals import Principal
 
 
@@ -20,6 +21,8 @@ def services_of(request: Request) -> Services:
 
 
 def current_principal(request: Request) -> Principal:
+    """Every route's authentication (through :data:`Authed` or :data:`Admin`, so that no route
+    can skip it), with the principal noted for the request's log lines."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     services = services_of(request)
@@ -30,6 +33,7 @@ def current_principal(request: Request) -> Principal:
     if found is None:
         _audit_auth_failure(services, request, AuthInvalid.code)
         raise AuthInvalid("invalid API key")
+    bind(principal=found.name)
     return found
 
 
