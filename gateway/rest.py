@@ -142,7 +142,7 @@ def create_app(services: Services) -> FastAPI:
         app.add_middleware(PlaintextGuard)  # outermost: refused before any other work
 
     # No dependency_overrides: with any override set, FastAPI re-inspects every dependency's
-    # signature on every request (about a tenth of a DP query's time over REST).
+    # signature on every request (get_dependant, seen in a py-spy profile of bench_rest).
 
     @app.exception_handler(QueryFailed)
     async def _query_failed(_: Request, exc: QueryFailed) -> JSONResponse:
