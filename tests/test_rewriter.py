@@ -236,6 +236,19 @@ MUST_REJECT: list[tuple[str, str]] = [
     ("SELECT COUNT(*) FROM visits TABLESAMPLE (10 PERCENT)", UNSUPPORTED),
     ("SELECT COUNT(*) FROM visits WHERE department LIKE 'o%'", UNSUPPORTED),
     ("SELECT COUNT(*) FROM visits WHERE department NOT LIKE 'o%'", UNSUPPORTED),
+    # Re-built as plain joins, these would join other rows.
+    (
+        "SELECT COUNT(*) FROM visits v ANTI JOIN patients p ON v.patient_id = p.patient_id",
+        UNSUPPORTED,
+    ),
+    (
+        "SELECT COUNT(*) FROM visits v SEMI JOIN patients p ON v.patient_id = p.patient_id",
+        UNSUPPORTED,
+    ),
+    (
+        "SELECT COUNT(*) FROM visits v LEFT ANTI JOIN patients p ON v.patient_id = p.patient_id",
+        UNSUPPORTED,
+    ),
     # Rebuilt as a plain BETWEEN, the swapped bounds would select nothing.
     ("SELECT COUNT(*) FROM visits WHERE cost BETWEEN SYMMETRIC 500 AND 100", UNSUPPORTED),
     ("SELECT department, COUNT(*) FROM visits GROUP BY ROLLUP (department)", UNSUPPORTED),

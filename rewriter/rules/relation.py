@@ -16,8 +16,8 @@ the most rows one unit can contribute to the relation the outer query aggregates
 
 Each protected base table is contribution-bounded *first* (per query, or from its bounded
 snapshot), before any join or filter, so a unit's kept rows depend only on its own rows.
-Everything else — CROSS and comma joins, joins on other columns, RIGHT/FULL joins, USING,
-NATURAL, nested subqueries, LIMIT inside a subquery — is rejected with a reason.
+Everything else — CROSS and comma joins, SEMI and ANTI joins, joins on other columns, RIGHT/FULL
+joins, USING, NATURAL, nested subqueries, LIMIT inside a subquery — is rejected with a reason.
 """
 
 from __future__ import annotations
@@ -266,6 +266,14 @@ class _Builder:
         kind = (join.args.get("kind") or "").upper()
         if kind in ("CROSS", "NATURAL") or join.args.get("method"):
             raise Unsupported(f"{kind or 'this'} JOIN is not supported: join on a key with ON")
+        # The join is re-built as JOIN or LEFT JOIN: any other kind (ANTI, SEMI, …) or flag
+        # would be dropped on the way and change which rows are joined, so it is refused.
+        extra = [k for k in _JOIN_FLAGS if join.args.get(k)]
+        if kind not in ("", "INNER", "OUTER") or extra:
+            raise Unsupported(
+                f"{kind or 'this'} JOIN is not supported",
+                hint="Use JOIN … ON or LEFT JOIN … ON a key.",
+            )
         if join.args.get("using"):
             raise Unsupported("JOIN … USING is not supported: write ON a.col = b.col")
         if side in ("RIGHT", "FULL"):
@@ -630,6 +638,10 @@ def _in_group_order_having(node: exp.Expression, tree: exp.Select) -> bool:
             return True
         parent = parent.parent
     return False
+
+
+#: Join arguments the re-built join has no place for (sqlglot 30's Join node).
+_JOIN_FLAGS = ("global_", "hint", "match_condition", "nearest", "directed", "expressions", "pivots")
 
 
 def emit_relation(
