@@ -37,6 +37,7 @@ from rewriter.plan import OutputKind, QueryPlan
 from rewriter.planner import PlanRequest, plan_query
 from rewriter.policy import Policy
 from tests.pg_helpers import pg_warehouse
+from tests.sql_strategies import boolean_combinations
 
 SALT = "differential-test-salt"
 OTHER_SALT = "another-salt"
@@ -557,16 +558,7 @@ _ATOM = st.one_of(
     _atoms("visit_day", _DAY),
     st.just("cost > los_days"),
 )
-_PREDICATE = st.recursive(
-    _ATOM,
-    lambda inner: st.one_of(
-        st.builds(lambda p: f"NOT ({p})", inner),
-        st.builds(lambda p, q: f"({p}) AND ({q})", inner, inner),
-        st.builds(lambda p, q: f"({p}) OR ({q})", inner, inner),
-        st.builds(lambda p: f"({p})", inner),
-    ),
-    max_leaves=5,
-)
+_PREDICATE = boolean_combinations(_ATOM, max_leaves=5)
 
 
 @settings(

@@ -16,6 +16,7 @@ from gateway.policy_loader import load_policy
 from gateway.release import holds
 from rewriter.catalog import Catalog, build_catalog
 from rewriter.planner import PlanRequest, plan_query
+from tests.sql_strategies import boolean_combinations
 from tests.test_rewriter import DEMO_COLUMNS
 
 BASE = "SELECT department, COUNT(*) AS n, SUM(cost) AS s FROM visits GROUP BY department"
@@ -42,15 +43,7 @@ _ATOM = st.one_of(
     _compare("department", _TEXT),
     st.builds(lambda op: f"COUNT(*) {op} SUM(cost)", _OPS),
 )
-_CONDITION = st.recursive(
-    _ATOM,
-    lambda inner: st.one_of(
-        st.builds(lambda p: f"NOT ({p})", inner),
-        st.builds(lambda p, q: f"({p}) AND ({q})", inner, inner),
-        st.builds(lambda p, q: f"({p}) OR ({q})", inner, inner),
-    ),
-    max_leaves=4,
-)
+_CONDITION = boolean_combinations(_ATOM, max_leaves=4)
 _ROW = st.tuples(
     st.sampled_from(["er", "oncology", "zz", "", None]),
     st.sampled_from([0, 5, 10, 11]),
