@@ -29,8 +29,11 @@ from typing import Any, cast
 
 import httpx
 import pytest
+import sqlglot
+import sqlglot.errors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlglot.tokenizer_core import TokenType
 
 from gateway.wire.router import Route, classify, split_statements
 from tests.conftest import Gateway
@@ -287,6 +290,20 @@ def mutated_sql(draw: st.DrawFn) -> str:
 # --- the oracle ----------------------------------------------------------------------------------
 
 
+def _string_literals(sql: str) -> list[tuple[str, int, int]]:
+    """Each string literal of ``sql``: its text and the first and last index of its quotes.
+
+    Read by sqlglot's tokenizer (``'' OR '1'`` holds the literals '' and '1', not ' OR ');
+    text it cannot tokenize is read with a plain pattern of quotes.
+    """
+    try:
+        tokens = sqlglot.tokenize(sql, read="postgres")
+    except sqlglot.errors.TokenError:
+        found = re.finditer(r"'((?:[^']|'')+)'", sql)
+        return [(m.group(1), m.start(), m.end() - 1) for m in found]
+    return [(t.text, t.start, t.end) for t in tokens if t.token_type == TokenType.STRING]
+
+
 class Checker:
     def __init__(self, gw: Gateway, secrets: Secrets) -> None:
         self.gw = gw
@@ -321,16 +338,14 @@ class Checker:
         else:
             error = data["error"]
             message = f"{error['message']} {error['hint']}"
-            for literal in re.findall(r"'((?:[^']|'')+)'", sql):
+            for literal, start, end in _string_literals(sql):
                 if len(literal) < 4 or literal.lower() in {"data.csv", "/etc/passwd"}:
                     continue
                 if literal in message:
                     # Echoed, or words of the message's own fixed text (' SELECT ' in "does not
                     # form a SELECT statement")? The same query with another literal decides.
-                    assert literal in self._message(c, sql.replace(f"'{literal}'", "'q1w2e3'")), (
-                        sql,
-                        message,
-                    )
+                    other = f"{sql[:start]}'q1w2e3'{sql[end + 1 :]}"
+                    assert literal in self._message(c, other), (sql, message)
             assert not any(i in message for i in self.secrets.ids), (sql, message)
 
     @staticmethod
@@ -596,3 +611,7 @@ def test_oracle_flags_leaks(secrets: Secrets) -> None:
     # literal (the long fuzz once sent the literal ' SELECT ').
     fixed = {"error": {"message": "the text does not form a SELECT statement", "hint": ""}}
     checker.check(_fake(fixed, 400), "' SELECT '", None)
+    # Nor is SQL between two literals ('' OR '1' holds no literal ' OR ').
+    clause = {"error": {"message": "column ? OR ? must appear in GROUP BY", "hint": ""}}
+    checker.check(_fake(clause, 400), "SELECT '' OR '1'='1', COUNT(*) FROM visits", None)
+    assert _string_literals("SELECT 'it''s', 'x") == [("it''s", 7, 13)]  # untokenizable: quotes
