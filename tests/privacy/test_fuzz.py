@@ -338,13 +338,18 @@ class Checker:
         else:
             error = data["error"]
             message = f"{error['message']} {error['hint']}"
-            for literal, start, end in _string_literals(sql):
+            literals = _string_literals(sql)
+            for literal, _, _ in literals:
                 if len(literal) < 4 or literal.lower() in {"data.csv", "/etc/passwd"}:
                     continue
                 if literal in message:
                     # Echoed, or words of the message's own fixed text (' SELECT ' in "does not
-                    # form a SELECT statement")? The same query with another literal decides.
-                    other = f"{sql[:start]}'q1w2e3'{sql[end + 1 :]}"
+                    # form a SELECT statement")? The same query with another literal in each
+                    # place this one stands decides.
+                    other = sql
+                    for text, start, end in reversed(literals):
+                        if text == literal:
+                            other = f"{other[:start]}'q1w2e3'{other[end + 1 :]}"
                     assert literal in self._message(c, other), (sql, message)
             assert not any(i in message for i in self.secrets.ids), (sql, message)
 
@@ -602,6 +607,7 @@ def test_oracle_flags_leaks(secrets: Secrets) -> None:
         (_fake({**clean, "rows": [[secret, 3]]}), "SELECT 1"),
         (_fake({**clean, "rows": [[int(pid), 3]]}), "SELECT 1"),
         (_echoing(), "SELECT COUNT(*) FROM t WHERE x = 'abcd'"),
+        (_echoing(), "SELECT COUNT(*) FROM t WHERE x = 'abcd' OR y = 'abcd'"),
         (_fake({"error": {"message": f"patient {pid}", "hint": ""}}, 400), "SELECT 1"),
     ]
     for client, sql in bad:
