@@ -219,11 +219,16 @@ ENUM_QUERIES = [
 ]
 
 
+def _visit_types(path: Path) -> dict[str, str]:
+    """Column name -> DuckDB type of the ``visits`` table in the file at ``path``."""
+    return {str(r[0]): str(r[1]) for r in _rows(path, "DESCRIBE visits")}
+
+
 def test_text_dimensions_with_a_declared_domain_are_stored_as_enums(
     snapshot: SnapshotInfo,
 ) -> None:
     assert snapshot.tables["visits"]["enums"] == ["department"]
-    types = dict((r[0], r[1]) for r in _rows(snapshot.path, "DESCRIBE visits"))
+    types = _visit_types(snapshot.path)
     domain = load_policy(demo_policy_path()).policy.datasets["clinic"].tables["visits"]
     values = domain.columns["department"].values
     assert values is not None
@@ -247,9 +252,7 @@ def test_an_enum_column_answers_as_its_text_would(
     con = duckdb.connect(str(as_text))
     con.execute("ALTER TABLE visits ALTER department TYPE VARCHAR")
     con.close()
-    assert dict((r[0], r[1]) for r in _rows(as_text, "DESCRIBE visits"))["department"] == (
-        "VARCHAR"
-    )
+    assert _visit_types(as_text)["department"] == "VARCHAR"
     plan = _snapshot_plan(sql, _catalog(demo_warehouse), snapshot)
     exact = sorted(_rows(snapshot.path, plan.warehouse_sql), key=repr)
     assert exact == sorted(_rows(as_text, plan.warehouse_sql), key=repr)
@@ -267,7 +270,7 @@ def test_a_domain_the_data_leaves_stays_text(demo_warehouse: Path, tmp_path: Pat
     con.close()
     info = _build(source, tmp_path / "bounded")
     assert info.tables["visits"]["enums"] == []
-    types = dict((r[0], r[1]) for r in _rows(info.path, "DESCRIBE visits"))
+    types = _visit_types(info.path)
     assert types["department"] == "VARCHAR"
 
 

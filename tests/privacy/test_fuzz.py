@@ -588,7 +588,7 @@ def _echoing() -> httpx.Client:
 
     def answer(request: httpx.Request) -> httpx.Response:
         sql = json.loads(request.content)["sql"]
-        quoted = re.findall(r"'(?:[^']|'')+'", sql)[:1]
+        quoted = [sql[start : end + 1] for _, start, end in _string_literals(sql)[:1]]
         return httpx.Response(400, json={"error": {"message": f"bad {quoted}", "hint": ""}})
 
     return httpx.Client(base_url="http://fake", transport=httpx.MockTransport(answer))
