@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event, inspect
+from sqlalchemy import Engine, MetaData, create_engine, event, inspect, make_url
 from sqlalchemy.pool import QueuePool
 
 from budgets.ledger_steps import LAZY_SYNC_OPTION
+from gateway.file_lock import FileLock
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -29,13 +31,13 @@ def make_control_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
     'sqlite'
     """
     if url.startswith("sqlite"):
-        writers = FifoLock()
+        writers, between = _write_turns(url)
         engine = create_engine(
             url,
             connect_args={
                 "check_same_thread": False,
                 "timeout": busy_timeout_ms / 1000,
-                "factory": _fair_connection_class(writers),
+                "factory": _fair_connection_class(writers, between),
             },
             # A pool of reused connections: a checkout is exclusive to one thread until it is
             # returned (rolled back if still open), so transactions of different threads stay
@@ -47,7 +49,7 @@ def make_control_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
                 else {}
             ),
         )
-        _sqlite_immediate_transactions(engine, busy_timeout_ms, writers)
+        _sqlite_immediate_transactions(engine, busy_timeout_ms, writers, between)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -88,7 +90,29 @@ class FifoLock:
                 self._locked = False
 
 
-def _fair_connection_class(writers: FifoLock) -> type[sqlite3.Connection]:
+#: One write turn per control-database file and process, shared by every engine on that file.
+_TURNS: dict[str, tuple[FifoLock, FileLock]] = {}
+_TURNS_MUTEX = threading.Lock()
+
+
+def _write_turns(url: str) -> tuple[FifoLock, FileLock | None]:
+    """The FIFO turn of this process's threads and the lock between processes for ``url``.
+
+    An in-memory database has no other process (and no file): a FIFO of its own. For a file,
+    ``<file>-writer.lock`` beside it: the processes sharing the file (several ``privgate serve``
+    workers, the CLI) wait for each other in the kernel, not in SQLite's polling busy handler.
+    """
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return FifoLock(), None
+    path = str(Path(database).resolve())
+    with _TURNS_MUTEX:
+        if path not in _TURNS:
+            _TURNS[path] = (FifoLock(), FileLock(Path(f"{path}-writer.lock")))
+        return _TURNS[path]
+
+
+def _fair_connection_class(writers: FifoLock, between: FileLock | None) -> type[sqlite3.Connection]:
     class FairConnection(sqlite3.Connection):
         """Releases this process's write turn once its transaction has ended, however it ends."""
 
@@ -99,6 +123,8 @@ def _fair_connection_class(writers: FifoLock) -> type[sqlite3.Connection]:
         def _release_turn(self) -> None:
             if self.holds_write_turn:
                 self.holds_write_turn = False
+                if between is not None:
+                    between.release()
                 writers.release()
 
         def commit(self) -> None:
@@ -122,7 +148,9 @@ def _fair_connection_class(writers: FifoLock) -> type[sqlite3.Connection]:
     return FairConnection
 
 
-def _sqlite_immediate_transactions(engine: Engine, busy_timeout_ms: int, writers: FifoLock) -> None:
+def _sqlite_immediate_transactions(
+    engine: Engine, busy_timeout_ms: int, writers: FifoLock, between: FileLock | None
+) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin.
@@ -146,12 +174,20 @@ def _sqlite_immediate_transactions(engine: Engine, busy_timeout_ms: int, writers
         if options.get(READ_ONLY_OPTION, False):
             dbapi.execute("BEGIN")
             return
-        # A write: first this process's turn (FIFO), then SQLite's lock (other processes, e.g.
-        # the admin CLI, still queue on busy_timeout).
+        # A write: first this process's turn (FIFO), then the turn between processes (the
+        # file lock), then SQLite's lock (a process without the file lock, e.g. an older CLI,
+        # still queues on busy_timeout).
         if not dbapi.holds_write_turn:
+            deadline = time.monotonic() + busy_timeout_ms / 1000
             if not writers.acquire(busy_timeout_ms / 1000):
                 raise sqlite3.OperationalError(
                     f"database is locked: no write turn within {busy_timeout_ms} ms"
+                )
+            if between is not None and not between.acquire(max(0.0, deadline - time.monotonic())):
+                writers.release()
+                raise sqlite3.OperationalError(
+                    "database is locked: another process kept the write turn for "
+                    f"{busy_timeout_ms} ms"
                 )
             dbapi.holds_write_turn = True
         try:
