@@ -1,10 +1,11 @@
 """REST throughput of a real running gateway: 16 concurrent clients over real HTTP, 1M-row demo.
 
-    ./dev bench rest [--clients 16] [--seconds 30] [--patients 90000] [--profile --py-spy PATH]
+    ./dev bench rest [--clients 16] [--workers 1] [--seconds 30] [--patients 90000]
+                     [--profile --py-spy PATH]
 
-The gateway runs as a subprocess (``python -m gateway.cli serve``, uvicorn, REST only) on the demo
-clinic warehouse (90,000 patients give about 1.0 M visits), with the bundled demo policy except
-for the budget scopes. An analyst principal, its key and its budget are created through the admin
+The gateway runs as a subprocess (``python -m gateway.cli serve [--workers N]``, uvicorn, REST
+only) on the demo clinic warehouse (90,000 patients give about 1.0 M visits), with the bundled
+demo policy except for the budget scopes. An analyst principal, its key and its budget are created through the admin
 API with an admin key made by ``privgate key create``. Each client thread keeps one HTTP/1.1
 connection open (``http.client``, keep-alive) and sends one-table DP GROUP BY queries for the
 given time; every query asks a fresh question (its own ε, 0.01 + n·10⁻⁹), so none is answered by
@@ -239,6 +240,7 @@ def _py_spy(
         print("--profile: py-spy not found (pip install py-spy); no profile taken")
         return None
     command = [exe, "record", "--pid", str(pid), "--duration", str(int(seconds))]
+    command += ["--subprocesses"]  # the workers of serve --workers
     command += ["--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"]
     return subprocess.Popen(
         command,
@@ -346,6 +348,9 @@ def main() -> None:
     )
     parser.add_argument("--patients", type=int, default=90_000, help="~11 visits per patient")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="privgate serve --workers N (REST processes)"
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="phase 1 duration")
     parser.add_argument("--exhaust-seconds", type=float, default=10.0, help="phase 2 duration")
     parser.add_argument(
@@ -403,13 +408,25 @@ def main() -> None:
         log_path = tmp / "server.log"
         with log_path.open("wb") as log:
             server = subprocess.Popen(
-                [*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--pg-port", "0"],
+                [
+                    *cli,
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--pg-port",
+                    "0",
+                    "--workers",
+                    str(args.workers),
+                ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         try:
             _wait_ready(server, port, log_path)
+            _wait_workers(server, args.workers, log_path)
             ok = _run(args, port, admin_key, server.pid, tmp)
         finally:
             server.terminate()
@@ -447,6 +464,21 @@ def _wait_ready(server: subprocess.Popen[bytes], port: int, log_path: Path) -> N
     sys.exit("gateway did not become ready in 300 s")
 
 
+def _wait_workers(server: subprocess.Popen[bytes], workers: int, log_path: Path) -> None:
+    """With ``--workers N``: until all N workers run (uvicorn also starts a resource tracker)."""
+    if workers <= 1:
+        return
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"gateway exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+        if len(_tree(server.pid)) - 1 >= workers:
+            time.sleep(2.0)  # each opens its warehouse and snapshot before it answers
+            return
+        time.sleep(0.2)
+    sys.exit(f"the {workers} workers did not start in 120 s")
+
+
 def _raw_worker(con: Any, stop_at: float, done: list[int], i: int) -> None:
     cur = con.cursor()  # one cursor per thread (a shared connection mixes up results)
     while time.perf_counter() < stop_at:
@@ -478,13 +510,34 @@ def _reference(warehouse: Path, clients: int, seconds: float) -> None:
         con.close()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), 0 where unavailable."""
+def _stat(pid: int) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return None
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the workers of ``serve --workers``), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = int(fields[1])
+    out, frontier = [pid], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        out += kids
+        frontier = kids
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and its live descendants (Linux /proc)."""
+    total = 0.0
+    for p in _tree(pid):
+        if (fields := _stat(p)) is not None:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _measured(
@@ -507,7 +560,7 @@ def _measured(
 def _run(args: argparse.Namespace, port: int, admin_key: str, pid: int, tmp: Path) -> bool:
     admin = Admin(port, admin_key)
     counter = itertools.count(1)
-    print(f"gateway pid {pid} on 127.0.0.1:{port}; query: {SQL}")
+    print(f"gateway pid {pid} on 127.0.0.1:{port}, {args.workers} worker(s); query: {SQL}")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} before the run")
 
     key = admin.analyst("bench", "100000", "0.00001")

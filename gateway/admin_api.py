@@ -36,6 +36,7 @@ from gateway.policy_loader import LoadedPolicy, PolicyFileError, load_policy
 from gateway.principals import (
     Principal,
 )
+from gateway.workers import ask_supervisor_to_reload
 from rewriter.catalog import CatalogMismatch
 from rewriter.policy import Role
 
@@ -260,12 +261,16 @@ def reload_policy(admin: Admin, services: Svc) -> dict[str, Any]:
             problems = [str(exc)]
         else:
             audit_id = ops.record("policy.reload", str(loaded.path), version=loaded.version)
+            # Under `serve --workers N` this reached one worker: the supervisor reloads its own
+            # copy and replaces every worker, one at a time (gateway.workers).
+            restarting = ask_supervisor_to_reload()
             return {
                 "ok": True,
                 "version": loaded.version,
                 "previous_version": previous,
                 "changed": loaded.version != previous,
                 "audit_id": audit_id,
+                "workers_restarting": restarting,
             }
     ops.record("policy.reload", str(services.settings.resolved_policy_path), "policy.invalid_file")
     raise PolicyInvalid(f"the policy file is invalid; version {previous} keeps serving", problems)

@@ -102,6 +102,14 @@ def serve(
             help="Build the demo warehouse if missing and print fresh analyst and admin keys.",
         ),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="REST worker processes on one port (default PRIVGATE_WORKERS, 1).",
+        ),
+    ] = None,
 ) -> None:
     """Start the REST gateway and the PostgreSQL wire endpoint."""
     import uvicorn
@@ -182,17 +190,23 @@ def serve(
         sys.stdout.flush()
     # uvicorn's own logging config and access line stay off: the access line would carry query
     # strings; gateway.logs writes JSON lines with request ids instead.
+    options: dict[str, Any] = {
+        "host": bind_host,
+        "port": bind_port,
+        "log_config": None,
+        "access_log": False,
+        "log_level": settings.log_level.lower(),
+        "ssl_certfile": None if https is None else str(https.cert),
+        "ssl_keyfile": None if https is None else str(https.key),
+    }
+    processes = settings.workers if workers is None else workers
     try:
-        uvicorn.run(
-            create_app(services),
-            host=bind_host,
-            port=bind_port,
-            log_config=None,
-            access_log=False,
-            log_level=settings.log_level.lower(),
-            ssl_certfile=None if https is None else str(https.cert),
-            ssl_keyfile=None if https is None else str(https.key),
-        )
+        if processes > 1:
+            from gateway.workers import serve_workers
+
+            serve_workers(services, workers=processes, uvicorn_options=options)
+        else:
+            uvicorn.run(create_app(services), **options)
     finally:
         services.close()
 

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from sqlalchemy import Engine
@@ -16,6 +17,7 @@ from gateway.audit import AuditLog
 from gateway.catalog_load import load_catalog
 from gateway.control_db import make_control_engine, migrate
 from gateway.errors import WarehouseUnavailable
+from gateway.file_lock import FileLock
 from gateway.logs import log_query_record
 from gateway.metrics import Metrics
 from gateway.policy_loader import LoadedPolicy, load_policy
@@ -185,6 +187,28 @@ class Services:
             )
         directory = self.settings.data_dir / "bounded"
         duck = warehouse
+        directory.mkdir(parents=True, exist_ok=True)
+        # Processes sharing data_dir (serve --workers, replicas on one host) build it once: the
+        # first builds under the lock, the others then find it (gateway.file_lock).
+        lock = FileLock(directory / "build.lock")
+        try:
+            with lock.held():
+                return self._serve_duckdb_snapshot(
+                    duck, directory, source_version, spec, salt, progress
+                )
+        finally:
+            lock.close()
+
+    def _serve_duckdb_snapshot(
+        self,
+        duck: DuckDBWarehouse,
+        directory: Path,
+        source_version: str,
+        spec: str,
+        salt: bytes,
+        progress: Progress | None,
+    ) -> SnapshotInfo:
+        catalog = self.queries.catalog
         return _serve_snapshot(
             duck,
             find=lambda: find_snapshot(directory, source_version, spec),

@@ -197,6 +197,13 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="REST bind address.")
     port: int = Field(default=8080, ge=1, le=65535, description="REST port.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="REST worker processes; several share the port, the control DB (SQLite: "
+        "on this host only) and the snapshot, each with its own anomaly counters.",
+    )
 
     # -- TLS (gateway.tls; docs/operations.md#tls) ---------------------------------------------
     tls_cert: Path | None = Field(

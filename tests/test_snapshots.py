@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -359,6 +361,53 @@ def test_a_changed_source_is_rebuilt_while_the_old_snapshot_serves(
         assert services.warehouse.data_version() == second.data_version
     finally:
         services.close()
+
+
+def test_gateways_sharing_data_dir_build_a_changed_source_once(
+    tmp_path: Path, demo_warehouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gateways on one data_dir (``serve --workers``) notice the same change at once: one
+    builds the new snapshot under the lock beside it, the other finds it and serves it."""
+    import gateway.composition as composition
+    from gateway.composition import build_services
+    from gateway.settings import Settings
+
+    source = tmp_path / "wh.duckdb"
+    shutil.copy(demo_warehouse, source)
+    settings = Settings(data_dir=tmp_path / "data", warehouse_path=source, warehouse_threads=1)
+    a, b = build_services(settings), build_services(settings)  # b found a's snapshot
+    builds: list[str] = []
+    real_build = composition.build_snapshot
+
+    def counted(**kwargs: Any) -> SnapshotInfo:
+        builds.append(threading.current_thread().name)
+        time.sleep(0.5)  # the other gateway arrives meanwhile and waits on the lock
+        return real_build(**kwargs)
+
+    monkeypatch.setattr(composition, "build_snapshot", counted)
+    try:
+        replacement = tmp_path / "new.duckdb"
+        shutil.copy(demo_warehouse, replacement)
+        con = duckdb.connect(str(replacement))
+        con.execute("DELETE FROM visits WHERE department = 'er'")
+        con.close()
+        replacement.replace(source)
+        got: dict[str, SnapshotInfo] = {}
+        threads = [
+            threading.Thread(target=lambda s=s, n=n: got.update({n: s.refresh_snapshot()}), name=n)
+            for n, s in (("a", a), ("b", b))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert len(builds) == 1
+        assert got["a"].name == got["b"].name
+        assert a.warehouse.snapshot == b.warehouse.snapshot == got["a"]
+        assert (settings.data_dir / "bounded" / "build.lock").exists()
+    finally:
+        a.close()
+        b.close()
 
 
 def test_blocked_columns_stay_out_of_the_snapshot(
