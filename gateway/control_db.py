@@ -183,7 +183,12 @@ def _sqlite_immediate_transactions(
                 raise sqlite3.OperationalError(
                     f"database is locked: no write turn within {busy_timeout_ms} ms"
                 )
-            if between is not None and not between.acquire(max(0.0, deadline - time.monotonic())):
+            try:
+                took = between is None or between.acquire(max(0.0, deadline - time.monotonic()))
+            except OSError as exc:
+                writers.release()
+                raise sqlite3.OperationalError(f"cannot open the write lock: {exc}") from exc
+            if not took:
                 writers.release()
                 raise sqlite3.OperationalError(
                     "database is locked: another process kept the write turn for "

@@ -26,21 +26,35 @@ from pathlib import Path
 
 
 class FileLock:
-    """An exclusive ``flock`` on ``path`` (created, mode 0600, if missing)."""
+    """An exclusive ``flock`` on ``path`` (created, mode 0600, at the first :meth:`acquire`).
+
+    The file is opened on first use, not here, so that making one (e.g. with a control engine
+    whose directory does not exist yet) fails where the file is needed, like SQLite's own
+    files.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._opened: int | None = None
         self._mutex = threading.Lock()
         #: One thread waits in the kernel for a contended lock, so that a wait can time out.
         self._waiter: concurrent.futures.ThreadPoolExecutor | None = None
         #: A timed-out wait still queued or in the kernel: it lets go as soon as it gets the lock.
         self._abandoned: concurrent.futures.Future[None] | None = None
 
+    @property
+    def _fd(self) -> int:
+        if self._opened is None:
+            self._opened = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return self._opened
+
     def acquire(self, timeout: float | None = None) -> bool:
         """Take the lock; False if another process held it for ``timeout`` seconds.
 
         ``None`` waits as long as it takes.
+
+        Raises:
+            OSError: the lock file cannot be opened or created.
         """
         with self._mutex:
             if self._abandoned is None or self._abandoned.done():
@@ -91,4 +105,6 @@ class FileLock:
     def close(self) -> None:
         if self._waiter is not None:
             self._waiter.shutdown(wait=False, cancel_futures=True)
-        os.close(self._fd)
+        if self._opened is not None:
+            os.close(self._opened)
+            self._opened = None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from gateway.control_db import make_control_engine, reader
 from gateway.file_lock import FileLock
@@ -159,3 +160,15 @@ def test_processes_sharing_a_control_db_take_turns_through_the_file_lock(
     with reader(engine).connect() as conn:
         assert conn.execute(text("SELECT v FROM n")).scalar_one() == 3 * 300 + 100
     assert (tmp_path / "control.db-writer.lock").exists()
+
+
+def test_an_engine_on_a_missing_directory_fails_where_sqlite_does(tmp_path: Path) -> None:
+    """The lock file is made at the first write, not with the engine (readiness checks build
+    engines on paths that may not exist)."""
+    engine = make_control_engine(f"sqlite:///{tmp_path}/no/such/dir/control.db")
+    with (
+        pytest.raises(OperationalError, match="unable to open database file"),
+        engine.begin() as conn,
+    ):
+        conn.execute(text("SELECT 1"))
+    assert not (tmp_path / "no").exists()
