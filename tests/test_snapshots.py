@@ -330,6 +330,16 @@ def test_the_gateway_serves_from_the_snapshot(gateway: Gateway) -> None:
     assert status["serving"]["name"] == info.name
 
 
+def _replace_without_er(demo_warehouse: Path, source: Path) -> None:
+    """A new load of ``source``: the demo data without the 'er' visits, renamed into place."""
+    replacement = source.with_name("new.duckdb")
+    shutil.copy(demo_warehouse, replacement)
+    con = duckdb.connect(str(replacement))
+    con.execute("DELETE FROM visits WHERE department = 'er'")
+    con.close()
+    replacement.replace(source)
+
+
 def test_a_changed_source_is_rebuilt_while_the_old_snapshot_serves(
     tmp_path: Path, demo_warehouse: Path
 ) -> None:
@@ -344,12 +354,7 @@ def test_a_changed_source_is_rebuilt_while_the_old_snapshot_serves(
         first = services.warehouse.snapshot
         assert first is not None and not services.snapshot_stale()
         # The warehouse owner replaces the file (a new load); the gateway notices.
-        replacement = tmp_path / "new.duckdb"
-        shutil.copy(demo_warehouse, replacement)
-        con = duckdb.connect(str(replacement))
-        con.execute("DELETE FROM visits WHERE department = 'er'")
-        con.close()
-        replacement.replace(source)
+        _replace_without_er(demo_warehouse, source)
         assert services.snapshot_stale()
         assert services.warehouse.snapshot == first  # still serving the old one
         second = services.refresh_snapshot()
@@ -386,12 +391,7 @@ def test_gateways_sharing_data_dir_build_a_changed_source_once(
 
     monkeypatch.setattr(composition, "build_snapshot", counted)
     try:
-        replacement = tmp_path / "new.duckdb"
-        shutil.copy(demo_warehouse, replacement)
-        con = duckdb.connect(str(replacement))
-        con.execute("DELETE FROM visits WHERE department = 'er'")
-        con.close()
-        replacement.replace(source)
+        _replace_without_er(demo_warehouse, source)
         got: dict[str, SnapshotInfo] = {}
         threads = [
             threading.Thread(target=lambda s=s, n=n: got.update({n: s.refresh_snapshot()}), name=n)
