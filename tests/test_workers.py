@@ -147,23 +147,22 @@ def test_every_worker_answers_and_the_ledger_adds_up(served: Served) -> None:
     errors: list[str] = []
 
     def client(i: int) -> None:
-        with httpx.Client(
-            base_url=served.url(""),
-            headers={"Authorization": f"Bearer {served.keys['analyst']}"},
-            timeout=60,
-        ) as c:
-            for n in range(25):
-                r = c.post(
-                    "/v1/query",
-                    json={
-                        "sql": "SELECT department, COUNT(*) FROM visits GROUP BY department",
-                        "epsilon": float(f"0.01{i:02d}{n:03d}"),  # a fresh question each time
-                    },
-                )
-                if r.status_code == 200:
-                    charged.append(Decimal(r.json()["epsilon_charged"]))
-                else:
-                    errors.append(r.text)
+        for n in range(25):
+            # A new connection per query: the kernel hands each accept to either worker,
+            # whereas one keep-alive connection per thread could all land on one worker.
+            r = httpx.post(
+                served.url("/v1/query"),
+                headers={"Authorization": f"Bearer {served.keys['analyst']}"},
+                json={
+                    "sql": "SELECT department, COUNT(*) FROM visits GROUP BY department",
+                    "epsilon": float(f"0.01{i:02d}{n:03d}"),  # a fresh question each time
+                },
+                timeout=60,
+            )
+            if r.status_code == 200:
+                charged.append(Decimal(r.json()["epsilon_charged"]))
+            else:
+                errors.append(r.text)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for t in threads:
@@ -174,8 +173,9 @@ def test_every_worker_answers_and_the_ledger_adds_up(served: Served) -> None:
     assert len(charged) == 200
     after = {pid: _cpu_seconds(pid) for pid in served.workers()}
     assert after.keys() == before.keys()
-    # Both workers served (each answer costs milliseconds of CPU; 0.2 s is a few dozen).
-    assert all(after[pid] - before[pid] > 0.2 for pid in before), (before, after)
+    # Both workers served: each answer costs milliseconds of CPU, an idle worker spends
+    # about 0.01 s over the run; 0.05 s is a dozen answers or more.
+    assert all(after[pid] - before[pid] > 0.05 for pid in before), (before, after)
     budgets = served.admin("GET", "/v1/admin/budgets?principal=analyst&dataset=clinic").json()
     (account,) = [b for b in budgets["budgets"] if b["scope"] == "principal"]
     assert Decimal(account["epsilon_spent"]) == sum(charged, Decimal(0))
