@@ -148,16 +148,11 @@ def test_every_worker_answers_and_the_ledger_adds_up(served: Served) -> None:
 
     def client(i: int) -> None:
         for n in range(25):
-            # A new connection per query: the kernel hands each accept to either worker,
-            # whereas one keep-alive connection per thread could all land on one worker.
-            r = httpx.post(
-                served.url("/v1/query"),
-                headers={"Authorization": f"Bearer {served.keys['analyst']}"},
-                json={
-                    "sql": "SELECT department, COUNT(*) FROM visits GROUP BY department",
-                    "epsilon": float(f"0.01{i:02d}{n:03d}"),  # a fresh question each time
-                },
-                timeout=60,
+            # A new connection per query (Served.query), so either worker may take it; one
+            # keep-alive connection per thread could have landed them all on one worker.
+            r = served.query(
+                "SELECT department, COUNT(*) FROM visits GROUP BY department",
+                epsilon=float(f"0.01{i:02d}{n:03d}"),  # a fresh question each time
             )
             if r.status_code == 200:
                 charged.append(Decimal(r.json()["epsilon_charged"]))
