@@ -57,6 +57,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
@@ -71,6 +72,7 @@ from budgets.errors import (
     ReservationExpired,
     ReservationNotFound,
 )
+from budgets.group_commit import GroupCommit
 from budgets.ledger_admin import LedgerAdmin
 from budgets.ledger_schema import (
     AccountView,
@@ -119,6 +121,9 @@ __all__ = [
 ]
 
 
+T = TypeVar("T")
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -130,12 +135,22 @@ class SqlLedger(LedgerAdmin):
     package never depends on the gateway. On SQLite that engine opens every transaction with
     ``BEGIN IMMEDIATE``; on PostgreSQL row locks on the account rows do the serialising. ``clock``
     (default: the real UTC clock) stamps every row; tests inject a fake one to roll windows.
+    With ``group`` (SQLite only, see :mod:`budgets.group_commit`) reservations and the callers of
+    :meth:`transact` share transactions with concurrent callers: one write turn and one flush for
+    several queries, each still all or nothing.
     """
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        group: GroupCommit | None = None,
+    ) -> None:
         self._engine = engine
         self._lazy = engine.execution_options(**{LAZY_SYNC_OPTION: True})
         self._clock = clock or _utc_now
+        self._group = group
 
     def create_schema(self) -> None:
         """Create the ledger tables and indexes if they do not exist yet.
@@ -193,41 +208,43 @@ class SqlLedger(LedgerAdmin):
         if dataset_limit is not None:
             check_units(dataset_limit, "dataset limit")
         moment = self._moment(now)
-        engine = self._engine if durable else self._lazy
+
+        def reserve_in(conn: Connection) -> Reservation:
+            existing = reservation_by_query_id(conn, query_id)
+            if existing is not None:
+                return same_or_raise(existing, principal, dataset, cost)
+            principal_epoch, dataset_epoch = self._charge_all(
+                conn,
+                principal,
+                dataset,
+                cost,
+                principal_limit,
+                dataset_limit,
+                principal_window_s,
+                moment,
+            )
+            values = {
+                "id": uuid.uuid4().hex,
+                "query_id": query_id,
+                "principal": principal,
+                "dataset": dataset,
+                "eps_units": cost.epsilon_units,
+                "delta_units": cost.delta_units,
+                "charged_dataset_scope": dataset_epoch is not None,
+                "state": "executing" if executing else "reserved",
+                "created_at": moment,
+                "finished_at": None,
+                "principal_epoch": principal_epoch,
+                "dataset_epoch": dataset_epoch or 0,
+            }
+            row = INSERT_RESERVATION.run(conn, values).one()
+            record_reservation(conn, row, "reserve", moment)
+            if executing:
+                record_reservation(conn, row, "execute", moment)
+            return reservation_of(row)
+
         try:
-            with engine.begin() as conn:
-                existing = reservation_by_query_id(conn, query_id)
-                if existing is not None:
-                    return same_or_raise(existing, principal, dataset, cost)
-                principal_epoch, dataset_epoch = self._charge_all(
-                    conn,
-                    principal,
-                    dataset,
-                    cost,
-                    principal_limit,
-                    dataset_limit,
-                    principal_window_s,
-                    moment,
-                )
-                values = {
-                    "id": uuid.uuid4().hex,
-                    "query_id": query_id,
-                    "principal": principal,
-                    "dataset": dataset,
-                    "eps_units": cost.epsilon_units,
-                    "delta_units": cost.delta_units,
-                    "charged_dataset_scope": dataset_epoch is not None,
-                    "state": "executing" if executing else "reserved",
-                    "created_at": moment,
-                    "finished_at": None,
-                    "principal_epoch": principal_epoch,
-                    "dataset_epoch": dataset_epoch or 0,
-                }
-                row = INSERT_RESERVATION.run(conn, values).one()
-                record_reservation(conn, row, "reserve", moment)
-                if executing:
-                    record_reservation(conn, row, "execute", moment)
-                return reservation_of(row)
+            return self.transact(reserve_in, durable=durable)
         except IntegrityError:
             # On PostgreSQL two requests with one query_id can race past the lookup above; the
             # unique index stops the second, whose transaction (and charge) was rolled back.
@@ -258,6 +275,19 @@ class SqlLedger(LedgerAdmin):
         raise ReservationExpired(
             f"reservation {reservation_id} is {state}, not reserved; the query must not run"
         )
+
+    def transact(self, fn: Callable[[Connection], T], *, durable: bool = True) -> T:
+        """``fn(conn)`` in a transaction on the control database, committed before return.
+
+        For callers that make several stores' writes durable at once (``conn=`` of
+        :meth:`commit`). With a group commit, ``fn`` shares the transaction with concurrent
+        callers in a savepoint of its own (it may run on another thread); its error rolls back only
+        its own steps. ``durable=False``: the commit may stay unflushed (``LAZY_SYNC_OPTION``).
+        """
+        if self._group is not None:
+            return self._group.run(fn, durable=durable)
+        with (self._engine if durable else self._lazy).begin() as conn:
+            return fn(conn)
 
     def begin(self) -> AbstractContextManager[Connection]:
         """A transaction on the control database, for callers that make several stores' writes

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from sqlalchemy import Engine
 
+from budgets.group_commit import GroupCommit
 from budgets.ledger import ReconcileReport, SqlLedger
 from gateway.anomaly import AnomalyDetector, AnomalyRules
 from gateway.audit import AuditLog
@@ -338,7 +339,10 @@ def build_control(settings: Settings) -> tuple[SqlLedger, AuditLog, PrincipalSto
     """The control-plane stores alone (for CLI commands that need no warehouse)."""
     secrets = load_secrets(settings)
     engine = make_control_engine(settings.resolved_control_db_url)
-    ledger = SqlLedger(engine)
+    # SQLite has one write turn per file: concurrent queries share transactions (one turn and
+    # one flush for several; budgets.group_commit). PostgreSQL serialises on row locks instead.
+    group = GroupCommit(engine) if engine.dialect.name == "sqlite" else None
+    ledger = SqlLedger(engine, group=group)
     audit = AuditLog(
         engine,
         mac_key=secrets["audit_key"],

@@ -26,7 +26,7 @@ from sqlalchemy import Connection
 from budgets.cost import PrivacyCost, fraction_str, to_fraction
 from budgets.errors import BudgetError
 from budgets.ledger import DuplicateQueryId, SqlLedger
-from gateway.audit import AuditEntry, AuditLog
+from gateway.audit import AuditEntry, AuditLog, Checkpoint
 from gateway.audit_crypt import SqlCipher
 from gateway.errors import (
     GatewayError,
@@ -336,10 +336,12 @@ class QueryService:
                 "groups_released": released.groups.released,
                 "latency_ms": str(latency_ms),
             }
+
             # One durable commit for the charge made final, the audit record and the stored
             # answer: all of them or none (then the reservation stays executing, which
-            # reconcile commits, and the answer is not released).
-            with self._ledger.begin() as conn:
+            # reconcile commits, and the answer is not released). On SQLite the commit may be
+            # shared with concurrent queries' (group commit), each in a savepoint of its own.
+            def finish(conn: Connection) -> tuple[dict[str, Any], Checkpoint | None]:
                 if reservation_id is not None:
                     self._ledger.commit(reservation_id, conn=conn)
                 entry, checkpoint = self._audit.append_in(conn, record)
@@ -354,6 +356,9 @@ class QueryService:
                     unclaimed=unclaimed,
                     conn=conn,
                 )
+                return envelope, checkpoint
+
+            envelope, checkpoint = self._ledger.transact(finish)
         except (RewriteError, BudgetError, GatewayError) as exc:
             if claimed:
                 self._results.fail(query_id=query_id)
