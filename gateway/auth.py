@@ -20,16 +20,27 @@ def services_of(request: Request) -> Services:
     return services
 
 
+def bearer_token(header: str) -> str | None:
+    """The API key of an ``Authorization: Bearer <key>`` header, or None.
+
+    >>> bearer_token("Bearer  pg_abc "), bearer_token("Basic pg_abc"), bearer_token("Bearer ")
+    ('pg_abc', None, None)
+    """
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
 def current_principal(request: Request) -> Principal:
     """Every route's authentication (through :data:`Authed` or :data:`Admin`, so that no route
     can skip it), with the principal noted for the request's log lines."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    token = bearer_token(request.headers.get("authorization", ""))
     services = services_of(request)
-    if scheme.lower() != "bearer" or not token.strip():
+    if token is None:
         _audit_auth_failure(services, request, AuthMissing.code)
         raise AuthMissing("missing bearer API key")
-    found = services.principals.authenticate(token.strip())
+    found = services.principals.authenticate(token)
     if found is None:
         _audit_auth_failure(services, request, AuthInvalid.code)
         raise AuthInvalid("invalid API key")

@@ -11,7 +11,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from budgets.errors import BudgetError
@@ -27,75 +26,16 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
     TlsRequired,
-    describe,
 )
-from gateway.explain import AccuracyTarget
 from gateway.health import check_readiness
-from gateway.logs import RequestContextMiddleware, bind, current_request_id
+from gateway.logs import RequestContextMiddleware, current_request_id
 from gateway.principals import Principal
-from gateway.service import CallContext, QueryFailed, QueryRequest
+from gateway.rest_fast import QueryFastPath
+from gateway.rest_shapes import QueryBody, error_response
+from gateway.service import CallContext, QueryFailed
 from gateway.tls import is_loopback
 from rewriter.errors import RewriteError
 from rewriter.policy import ColumnClass
-
-
-class AccuracyBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    n: float = Field(gt=0, description="Half-width of the interval, in the column's units.")
-    confidence: float = Field(default=0.95, gt=0, lt=1)
-    column: str | None = Field(
-        default=None, description="The COUNT/SUM output to aim at; default: all of them."
-    )
-
-
-class QueryBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    sql: str = Field(
-        min_length=1, max_length=100_000, description="One PostgreSQL-flavoured SELECT."
-    )
-    epsilon: float | None = Field(
-        default=None,
-        gt=0,
-        description="Privacy cost of this query; default: the dataset's default.",
-    )
-    accuracy: AccuracyBody | None = Field(
-        default=None,
-        description="Ask for a precision instead of an epsilon: the smallest epsilon meeting it is used.",
-    )
-    query_id: str | None = Field(
-        default=None,
-        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
-        description="Idempotency key: a retry with the same id and SQL returns the stored answer.",
-    )
-
-    def to_request(self) -> QueryRequest:
-        accuracy = (
-            None
-            if self.accuracy is None
-            else AccuracyTarget(self.accuracy.n, self.accuracy.confidence, self.accuracy.column)
-        )
-        return QueryRequest(
-            sql=self.sql, epsilon=self.epsilon, accuracy=accuracy, query_id=self.query_id
-        )
-
-
-def error_response(exc: BaseException, audit_id: str | None = None) -> JSONResponse:
-    public = describe(exc)
-    bind(code=public.code)
-    body: dict[str, Any] = {
-        "error": {
-            "code": public.code,
-            "message": public.message,
-            "hint": public.hint,
-            "sqlstate": public.sqlstate,
-        }
-    }
-    if audit_id is not None:
-        body["error"]["audit_id"] = audit_id
-    headers = {"WWW-Authenticate": "Bearer"} if public.http_status == 401 else None
-    return JSONResponse(body, status_code=public.http_status, headers=headers)
 
 
 class PlaintextGuard:
@@ -121,7 +61,10 @@ class PlaintextGuard:
         await self.app(scope, receive, send)
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(services: Services, *, fast_query: bool = True) -> FastAPI:
+    """The REST app. ``fast_query=False`` leaves ``POST /v1/query`` to its FastAPI route alone
+    (the fast path answers it the same way with less work; tests compare the two)."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Settle reservations a crashed predecessor left behind, then keep doing so.
@@ -137,6 +80,9 @@ def create_app(services: Services) -> FastAPI:
         description="Differentially private SQL over REST. Every answer carries its noise and cost.",
     )
     app.state.services = services
+    if fast_query:
+        # Innermost of ours: inside the request context (request id, access log) and the guard.
+        app.add_middleware(QueryFastPath, services=services)
     app.add_middleware(RequestContextMiddleware)
     if services.settings.require_tls:
         app.add_middleware(PlaintextGuard)  # outermost: refused before any other work
