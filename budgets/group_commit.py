@@ -19,7 +19,12 @@ What each caller gets is what a transaction of its own would give:
   same batch), exactly as if their transactions had committed in that order.
 - **Durability before return.** :meth:`GroupCommit.run` returns only after the commit that holds
   the caller's writes has returned; a batch holding any caller that asked for a flushed commit is
-  flushed (``durable``), else it may stay unflushed (``LAZY_SYNC_OPTION``).
+  flushed (``durable``), else it may stay unflushed (``LAZY_SYNC_OPTION``). With ``flush`` (on
+  SQLite: fsync the write-ahead log, ``gateway.control_db.wal_flusher``) every batch commits
+  unflushed and, for a durable one, ``flush`` runs *after* the write turn is released and
+  before its callers return: the next batch writes while this one waits for the disk. The log
+  is appended in order, so that fsync makes this commit (and every earlier one) durable; a
+  checkpoint in between flushes the log first and the database file after.
 
 Only for SQLite, whose write turn serialises every writer anyway. On PostgreSQL, row locks do the
 serialising and a batch holding the locks of several callers' account rows could deadlock with
@@ -64,11 +69,18 @@ class GroupCommit:
     42
     """
 
-    def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = MAX_BATCH,
+        flush: Callable[[], None] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._durable = engine
         self._lazy = engine.execution_options(**{LAZY_SYNC_OPTION: True})
+        self._flush = flush
         self._max_batch = max_batch
         self._mutex = threading.Lock()
         self._queue: deque[_Job[object]] = deque()
@@ -102,8 +114,9 @@ class GroupCommit:
         the lead to the oldest waiting job, if any."""
         with self._mutex:
             batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+        committed = False
         try:
-            self._commit(batch)
+            committed = self._commit(batch)
         finally:
             with self._mutex:
                 if self._queue:
@@ -112,11 +125,30 @@ class GroupCommit:
                     nxt.done.set()
                 else:
                     self._leading = False
-            for job in batch:
-                job.done.set()
+            try:
+                if committed:
+                    self._make_durable(batch)
+            finally:
+                for job in batch:
+                    job.done.set()
 
-    def _commit(self, batch: list[_Job[object]]) -> None:
-        engine = self._durable if any(job.durable for job in batch) else self._lazy
+    def _make_durable(self, batch: list[_Job[object]]) -> None:
+        if self._flush is None or not any(job.durable for job in batch):
+            return  # flushed by the commit itself, or not asked for
+        try:
+            self._flush()
+        except OSError as exc:
+            # Committed but perhaps not on disk: a caller that needed it on disk gets the error
+            # (and releases nothing); a lazy one needed only the commit.
+            for job in batch:
+                if job.durable and job.error is None:
+                    job.error = exc
+                    job.value = None
+
+    def _commit(self, batch: list[_Job[object]]) -> bool:
+        """Run ``batch`` in one transaction; True if it committed (some callers may have failed)."""
+        durable = self._flush is None and any(job.durable for job in batch)
+        engine = self._durable if durable else self._lazy
         alone = len(batch) == 1
         self.batches += 1
         self.served += len(batch)
@@ -144,3 +176,5 @@ class GroupCommit:
                     job.value = None
             if not isinstance(exc, Exception):
                 raise
+            return False
+        return True

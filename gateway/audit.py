@@ -67,6 +67,7 @@ from gateway.audit_seal import (
     canonical_json,
     checkpoint_message,
     entry_hash,
+    hash_body,
     indexed_copies,
     plain,
     record_message,
@@ -83,6 +84,7 @@ __all__ = [
     "AuditLog",
     "AuditPage",
     "Checkpoint",
+    "PreparedRecord",
     "PurgeResult",
     "VerifyResult",
     "canonical_json",
@@ -104,6 +106,16 @@ class AuditEntry:
     id: str
     ts: str
     hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRecord:
+    """A record ready to append (:meth:`AuditLog.prepare`): plain JSON values, their canonical
+    serialisation (what the chain hashes and stores) and the indexed columns' copies."""
+
+    value: dict[str, Any]
+    json: str
+    indexed: dict[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -199,8 +211,18 @@ class AuditLog(AuditReader):
         self.written(checkpoint)
         return entry
 
+    def prepare(self, record: Mapping[str, Any]) -> PreparedRecord:
+        """The part of an append that needs no lock: the record checked, copied and serialised.
+
+        For callers that append under a shared write turn (``append_in``): done before it.
+        """
+        value = plain(record, "record")
+        if not isinstance(value, dict):
+            raise TypeError("an audit record must be a mapping")
+        return PreparedRecord(value, canonical_json(value), indexed_copies(value))
+
     def append_in(
-        self, conn: Connection, record: Mapping[str, Any]
+        self, conn: Connection, record: Mapping[str, Any] | PreparedRecord
     ) -> tuple[AuditEntry, Checkpoint | None]:
         """:meth:`append` as a step of the caller's transaction on this log's database.
 
@@ -208,12 +230,10 @@ class AuditLog(AuditReader):
         :meth:`written` after that commit, not before: the checkpoint file must only ever name
         records that exist.
         """
-        value = plain(record, "record")
-        if not isinstance(value, dict):
-            raise TypeError("an audit record must be a mapping")
+        prepared = record if isinstance(record, PreparedRecord) else self.prepare(record)
         # FOR UPDATE serializes writers on PostgreSQL; on SQLite BEGIN IMMEDIATE already has.
         head = self._locked_head(conn, "append")
-        return self._append_locked(conn, head, value)
+        return self._append_locked(conn, head, prepared)
 
     def written(self, checkpoint: Checkpoint | None) -> None:
         """After the commit of :meth:`append_in`: copy a new checkpoint to the checkpoint file."""
@@ -278,17 +298,19 @@ class AuditLog(AuditReader):
             entry, made = self._append_locked(
                 conn,
                 head,
-                {
-                    "decision": "admin",
-                    "action": "audit.purge",
-                    "actor": actor,
-                    "target": "audit_log",
-                    "door": door,
-                    "code": "ok",
-                    "before": cutoff,
-                    "up_to_seq": None if anchor is None else anchor.seq,
-                    "purged": purged,
-                },
+                self.prepare(
+                    {
+                        "decision": "admin",
+                        "action": "audit.purge",
+                        "actor": actor,
+                        "target": "audit_log",
+                        "door": door,
+                        "code": "ok",
+                        "before": cutoff,
+                        "up_to_seq": None if anchor is None else anchor.seq,
+                        "purged": purged,
+                    }
+                ),
             )
         if made is not None:
             self._write_checkpoint_file(made)
@@ -386,10 +408,12 @@ class AuditLog(AuditReader):
         return head
 
     def _append_locked(
-        self, conn: Connection, head: Head, record: dict[str, Any]
+        self, conn: Connection, head: Head, record: PreparedRecord
     ) -> tuple[AuditEntry, Checkpoint | None]:
         seq, audit_id, ts = head.last_seq + 1, uuid.uuid4().hex, _now()
-        digest = entry_hash(head.last_hash, seq=seq, audit_id=audit_id, ts=ts, record=record)
+        digest = hash_body(
+            head.last_hash, seq=seq, audit_id=audit_id, ts=ts, record_json=record.json
+        )
         key_id, mac = self._keys.seal(record_message(seq, digest))
         try:
             _INSERT_RECORD.run(
@@ -398,12 +422,12 @@ class AuditLog(AuditReader):
                     "seq": seq,
                     "id": audit_id,
                     "ts": ts,
-                    "record": canonical_json(record),
+                    "record": record.json,
                     "prev_hash": head.last_hash,
                     "hash": digest,
                     "key_id": key_id,
                     "mac": mac,
-                    **indexed_copies(record),
+                    **record.indexed,
                 },
             )
         except IntegrityError as exc:

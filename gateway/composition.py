@@ -16,7 +16,7 @@ from budgets.ledger import ReconcileReport, SqlLedger
 from gateway.anomaly import AnomalyDetector, AnomalyRules
 from gateway.audit import AuditLog
 from gateway.catalog_load import load_catalog
-from gateway.control_db import make_control_engine, migrate
+from gateway.control_db import make_control_engine, migrate, wal_flusher
 from gateway.errors import WarehouseUnavailable
 from gateway.file_lock import FileLock
 from gateway.logs import log_query_record
@@ -340,8 +340,10 @@ def build_control(settings: Settings) -> tuple[SqlLedger, AuditLog, PrincipalSto
     secrets = load_secrets(settings)
     engine = make_control_engine(settings.resolved_control_db_url)
     # SQLite has one write turn per file: concurrent queries share transactions (one turn and
-    # one flush for several; budgets.group_commit). PostgreSQL serialises on row locks instead.
-    group = GroupCommit(engine) if engine.dialect.name == "sqlite" else None
+    # one flush for several; budgets.group_commit), and the flush (an fsync of the write-ahead
+    # log) runs after the turn is released. PostgreSQL serialises on row locks instead.
+    url = settings.resolved_control_db_url
+    group = GroupCommit(engine, flush=wal_flusher(url)) if engine.dialect.name == "sqlite" else None
     ledger = SqlLedger(engine, group=group)
     audit = AuditLog(
         engine,

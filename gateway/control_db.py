@@ -8,10 +8,12 @@ instead of failing with "database is locked" half-way; writers queue on ``busy_t
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +209,39 @@ def _sqlite_immediate_transactions(
         except BaseException:
             dbapi._release_turn()
             raise
+
+
+def wal_flusher(url: str) -> Callable[[], None] | None:
+    """For a SQLite file: a function that makes every commit so far durable (fsync of its log).
+
+    In WAL mode a commit appends its frames to ``<file>-wal``; with ``synchronous = NORMAL`` it
+    does not wait for the disk, and one ``fsync`` of that file afterwards makes it, and every
+    commit appended before it, durable (the same writes and flush as ``synchronous = FULL``,
+    outside the write lock; budgets.group_commit). The file is opened by name each time: SQLite
+    may delete it (after checkpointing everything into the database file, which it flushes)
+    and create a new one, and a kept descriptor would flush the old one. No log file: the
+    database file is flushed instead. None for an in-memory database and for PostgreSQL, whose
+    commits are flushed by the server.
+    """
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None
+    main = Path(database).resolve()
+    log = Path(f"{main}-wal")
+
+    def flush() -> None:
+        try:
+            fd = os.open(log, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(main, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    return flush
 
 
 #: Execution option marking a connection that only reads (see :func:`reader`).

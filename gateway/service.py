@@ -341,10 +341,12 @@ class QueryService:
             # answer: all of them or none (then the reservation stays executing, which
             # reconcile commits, and the answer is not released). On SQLite the commit may be
             # shared with concurrent queries' (group commit), each in a savepoint of its own.
+            prepared = self._audit.prepare(record)  # outside the shared write turn
+
             def finish(conn: Connection) -> tuple[dict[str, Any], Checkpoint | None]:
                 if reservation_id is not None:
                     self._ledger.commit(reservation_id, conn=conn)
-                entry, checkpoint = self._audit.append_in(conn, record)
+                entry, checkpoint = self._audit.append_in(conn, prepared)
                 envelope = self._envelope(
                     plan, released, ctx, query_id, entry.id, latency_ms, conn=conn
                 )
@@ -499,7 +501,13 @@ class QueryService:
         Listeners see exactly what the audit log keeps — never true values — and cannot break a
         request: their failures are logged.
         """
-        entry = self._audit.append(record)
+        # Through the ledger's transactions: on SQLite shared with concurrent queries' (group
+        # commit), flushed before this returns, as audit.append would be.
+        prepared = self._audit.prepare(record)
+        entry, checkpoint = self._ledger.transact(
+            lambda conn: self._audit.append_in(conn, prepared)
+        )
+        self._audit.written(checkpoint)
         self._notify(record)
         return entry
 

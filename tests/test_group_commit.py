@@ -18,7 +18,7 @@ from budgets.cost import PrivacyCost
 from budgets.errors import BudgetExhausted
 from budgets.group_commit import GroupCommit
 from budgets.ledger import SqlLedger
-from gateway.control_db import make_control_engine
+from gateway.control_db import make_control_engine, wal_flusher
 
 
 @pytest.fixture
@@ -165,3 +165,48 @@ def test_racing_reservations_in_shared_transactions_never_overspend(engine: Engi
     # The callers did share transactions (otherwise this test proves nothing new).
     assert group.served == threads
     assert group.batches < threads
+
+
+def test_with_a_flush_a_durable_batch_is_flushed_after_its_commit(
+    engine: Engine, tmp_path: Path
+) -> None:
+    flushes: list[bool] = []
+
+    def flush() -> None:
+        # Runs once the transaction has committed and the write turn is free again.
+        with engine.connect() as conn:
+            flushes.append("z" in [r[0] for r in conn.execute(text("SELECT name FROM t"))])
+        wal_flusher(f"sqlite:///{tmp_path / 'control.db'}")()  # the real fsync, too
+
+    group = GroupCommit(engine, flush=flush)
+    level = group.run(lambda conn: conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
+    assert level == 1  # committed unflushed: the flush does it
+    group.run(_insert("z"))
+    group.run(_insert("lazy"), durable=False)  # asks for no flush
+    assert flushes == [False, True]
+
+
+def test_a_failed_flush_fails_the_callers_that_needed_it(engine: Engine) -> None:
+    def flush() -> None:
+        raise OSError(5, "Input/output error")
+
+    group = GroupCommit(engine, flush=flush)
+    with pytest.raises(OSError, match="Input/output"):
+        group.run(_insert("durable"))
+    assert group.run(_insert("lazy"), durable=False) == "lazy"
+
+
+def test_the_flusher_syncs_the_log_or_else_the_database(tmp_path: Path) -> None:
+    assert wal_flusher("sqlite://") is None
+    assert wal_flusher("postgresql+psycopg://u@h/db") is None
+    db = tmp_path / "c.db"
+    flush = wal_flusher(f"sqlite:///{db}")
+    assert flush is not None
+    db.write_bytes(b"")  # no -wal file yet: the database file is flushed
+    flush()
+    Path(f"{db}-wal").write_bytes(b"")
+    flush()
+    db.unlink()
+    Path(f"{db}-wal").unlink()
+    with pytest.raises(FileNotFoundError):
+        flush()
