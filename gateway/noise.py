@@ -70,12 +70,13 @@ def accuracy(scale: float, alpha: float) -> float:
     return float(dp.discrete_laplacian_scale_to_accuracy(scale=scale, alpha=alpha))
 
 
-#: Significant bits kept in a calibrated scale: scales are rounded *up* to 24 bits (float32's
-#: precision, at most 1.2e-7 more noise), so that nearby budget shares, e.g. ε = 0.1 split three
-#: ways as 1/30 by one query and 0.0333… by another, share one OpenDP mechanism and privacy map
-#: (building them through the FFI costs ~0.2 ms per distinct scale). Rounding up only adds noise;
+#: Significant bits kept in a calibrated scale: scales are rounded *up* to 16 bits (at most
+#: 3.1e-5 more noise per grid step), so that nearby budget shares, e.g. ε = 0.1 split three ways
+#: as 1/30 by one query and 0.0333… by another, or ε = 0.0100002 and 0.0100003, share one OpenDP
+#: mechanism and privacy map (building them, the map and the accuracy through the FFI cost
+#: ~0.35 ms per distinct scale, on every query whose ε is new). Rounding up only adds noise;
 #: every scale used is still checked by OpenDP's map against the share.
-SCALE_BITS = 24
+SCALE_BITS = 16
 
 
 def _grid_up(x: float) -> float:
