@@ -138,7 +138,9 @@ class Settings(BaseSettings):
         "rebuilds the bounded snapshot in the background (the old one serves meanwhile).",
     )
     warehouse_threads: int | None = Field(
-        default=None, ge=1, description="DuckDB threads; default all cores."
+        default=None,
+        ge=1,
+        description="DuckDB threads; default all cores (with serve --workers N: the cores / N).",
     )
     bounding_salt: SecretStr | None = Field(
         default=None, description="Key of the contribution-bounding hash."

@@ -200,3 +200,13 @@ def test_an_invalid_policy_replaces_no_worker(served: Served) -> None:
     sql = "SELECT department, COUNT(*) FROM visits GROUP BY department"
     assert all(served.query(sql).status_code == 200 for _ in range(10))
     assert "the policy could not be reloaded" in served.log.read_text()
+
+
+def test_workers_share_the_cores_among_their_warehouses() -> None:
+    from gateway.workers import warehouse_threads_per_worker
+
+    assert warehouse_threads_per_worker(None, 2, 2) == 1
+    assert warehouse_threads_per_worker(None, 3, 8) == 2
+    assert warehouse_threads_per_worker(None, 4, 2) == 1  # never zero
+    assert warehouse_threads_per_worker(None, 2, None) == 1
+    assert warehouse_threads_per_worker(3, 2, 2) == 3  # a configured number wins
