@@ -93,7 +93,8 @@ class GroupCommit:
         """``fn(conn)`` inside a transaction, committed (flushed if ``durable``) before return.
 
         ``fn`` may be run by another thread (the batch's leader), so it must not rely on
-        thread-local state; it may raise, which rolls back only its own steps.
+        thread-local state, and it must not call :meth:`run` itself (its leader would wait for
+        itself); it may raise, which rolls back only its own steps.
         """
         job: _Job[T] = _Job(fn, durable)
         with self._mutex:

@@ -70,14 +70,14 @@ class QueryFastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
             await self.app(scope, receive, send)
             return
-        content_type = authorization = b""
-        for name, value in scope["headers"]:
-            if name == b"content-type":
+        content_type = authorization = None
+        for name, value in scope["headers"]:  # the first of each, as Starlette's headers.get
+            if name == b"content-type" and content_type is None:
                 content_type = value
-            elif name == b"authorization":
+            elif name == b"authorization" and authorization is None:
                 authorization = value
         received: list[Message] = []
-        if content_type.partition(b";")[0].strip().lower() != _JSON:
+        if (content_type or b"").partition(b";")[0].strip().lower() != _JSON:
             await self._hand_over(scope, receive, send, received)
             return
         body = bytearray()
@@ -93,7 +93,7 @@ class QueryFastPath:
                 return
             if not message.get("more_body", False):
                 break
-        token = bearer_token(authorization.decode("latin-1"))
+        token = bearer_token((authorization or b"").decode("latin-1"))
         try:
             request = QueryBody.model_validate(json.loads(body))
         except (ValueError, ValidationError, RecursionError):  # JSON, UTF-8 or shape

@@ -189,3 +189,19 @@ def test_a_valid_query_is_answered_by_the_fast_path_and_the_rest_by_the_route(
     # Only the valid query reached the service, on one of the fast path's threads.
     assert len(seen) == 1 and seen[0].startswith("privgate-query")
     assert ok.headers["x-request-id"]  # still inside the request context
+
+
+def test_a_repeated_header_counts_once_as_for_the_route(pair: _Pair) -> None:
+    # The first Content-Type wins, as in Starlette's headers.get: text/plain, so a 422 from both.
+    headers = [
+        ("Authorization", f"Bearer {pair.keys['analyst']}"),
+        ("Content-Type", "text/plain"),
+        ("Content-Type", "application/json"),
+    ]
+    body = json.dumps({"sql": SQL}).encode()
+    out = []
+    for base in (pair.fast, pair.route):
+        with httpx.Client(base_url=base, timeout=60) as client:
+            out.append(client.post("/v1/query", content=body, headers=headers))
+    _same(out[0], out[1], "audit_id")
+    assert out[0].status_code == 422
