@@ -280,7 +280,7 @@ class SqlLedger(LedgerAdmin):
         """``fn(conn)`` in a transaction on the control database, committed before return.
 
         For callers that make several stores' writes durable at once (``conn=`` of
-        :meth:`commit`). With a group commit, ``fn`` shares the transaction with concurrent
+        :meth:`commit` and :meth:`balance`). With a group commit, ``fn`` shares the transaction with concurrent
         callers in a savepoint of its own (it may run on another thread); its error rolls back only
         its own steps. ``durable=False``: the commit may stay unflushed (``LAZY_SYNC_OPTION``).
         """
@@ -288,11 +288,6 @@ class SqlLedger(LedgerAdmin):
             return self._group.run(fn, durable=durable)
         with (self._engine if durable else self._lazy).begin() as conn:
             return fn(conn)
-
-    def begin(self) -> AbstractContextManager[Connection]:
-        """A transaction on the control database, for callers that make several stores' writes
-        durable at once (``conn=`` of :meth:`commit` and :meth:`balance`)."""
-        return self._engine.begin()
 
     @property
     def engine(self) -> Engine:

@@ -86,12 +86,11 @@ def start_gateway(
 
 
 @contextmanager
-def serve_app(services: Services, host: str) -> Iterator[int]:
+def serve_app(services: Services, host: str, *, fast_query: bool = True) -> Iterator[int]:
     """The REST app of ``services`` on a real uvicorn server bound to ``host``; yields its port."""
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(services), host=host, port=port, log_level="warning")
-    )
+    app = create_app(services, fast_query=fast_query)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from gateway.composition import Services, build_services
-from gateway.rest import create_app
 from gateway.settings import Settings
-from tests.conftest import _free_port, large_budget, write_policy
+from tests.conftest import large_budget, serve_app, write_policy
 
 SQL = "SELECT department, COUNT(*) AS n FROM visits GROUP BY department"
 
@@ -31,18 +28,6 @@ class _Pair:
         self.fast = fast
         self.route = route
         self.keys = keys
-
-
-def _serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    return server, thread, port
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +41,14 @@ def pair(tmp_path_factory: pytest.TempPathFactory, demo_warehouse: Path) -> Iter
     )
     services = build_services(settings)
     keys = {name: services.principals.create_key(name)[1] for name in ("analyst", "admin")}
-    servers = [_serve(create_app(services)), _serve(create_app(services, fast_query=False))]
     try:
-        yield _Pair(
-            services,
-            f"http://127.0.0.1:{servers[0][2]}",
-            f"http://127.0.0.1:{servers[1][2]}",
-            keys,
-        )
+        with (
+            serve_app(services, "127.0.0.1") as fast,
+            serve_app(services, "127.0.0.1", fast_query=False) as route,
+        ):
+            yield _Pair(services, f"http://127.0.0.1:{fast}", f"http://127.0.0.1:{route}", keys)
     finally:
-        for server, thread, _ in servers:
-            server.should_exit = True
-            thread.join(timeout=10)
-        services.close()
+        services.close()  # after both servers have stopped
 
 
 def _both(
